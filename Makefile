@@ -1,0 +1,55 @@
+# bikebench: every target creates the virtual environment when it is missing.
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SCALE ?= smoke
+EXECUTOR ?= local
+TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+export HF_HUB_OFFLINE ?= 1
+export MLFLOW_DISABLE_TELEMETRY ?= true
+
+.PHONY: setup test bench table6 check tune world mlflow-ui slurm-up slurm-down clean-results
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip >/dev/null || true
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	@# Install the pinned torch pair only when no torch is importable (a cluster brings its own CUDA torch).
+	@if ! $(BIN)/python -c "import torch, torchvision" 2>/dev/null; then \
+		echo "installing $(TORCH_PIN)"; $(BIN)/pip install -q $(TORCH_PIN); fi
+	$(BIN)/pip install -q -e ".[dev]"
+	@touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python -m pytest -q benchmarks --benchmark-enable --benchmark-only --benchmark-columns=min,mean,max,rounds $(PYTEST_ARGS)
+
+world: setup
+	$(BIN)/bikebench world build
+
+table6: setup
+	$(BIN)/bikebench table6 --scale $(SCALE) --executor $(EXECUTOR)
+
+check: setup
+	$(BIN)/bikebench check
+
+tune: setup
+	$(BIN)/bikebench tune sweeps/lambda_k.yaml
+
+mlflow-ui: setup
+	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/results/mlflow.db
+
+slurm-up:
+	bash scripts/slurm_up.sh
+
+slurm-down:
+	bash scripts/slurm_down.sh
+
+clean-results:
+	rm -rf results/runs results/mlflow.db results/mlruns results/*.md

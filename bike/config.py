@@ -1,0 +1,254 @@
+"""The resolved configuration of one BIKE run (what `python -m bike.train --config run.yaml` reads).
+
+Every constant of the method is a field here whose default is the value the published numbers
+were produced with (profile ``official``, the authors' released code). ``profile: paper`` swaps the
+defaults of the switches where the code departs from the paper's formulas (see
+``docs/bike-method.md``) for the formulas as written; a field given explicitly always wins.
+
+The harness (``harness.spec``) builds these from YAML specs; ``bike`` only reads them. Unknown keys
+are errors, so a typo in a spec never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Profile = Literal["official", "paper"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+# Switches whose value depends on the fidelity profile: (section, field) -> {profile: value}.
+PROFILE_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
+    ("model", "vcs_tokens"): {"official": "all", "paper": "words"},
+    ("loss", "form"): {"official": "soft_kl", "paper": "ce"},
+    ("loss", "learn_logit_scale"): {"official": True, "paper": False},
+    ("fusion", "transform"): {"official": "softmax", "paper": "cosine"},
+    ("eval", "single_view_frame"): {"official": "first", "paper": "centre"},
+}
+
+
+class DataConfig(_Strict):
+    """Where the videos are and how they are read."""
+
+    dataset: str = Field("world", description="Dataset name, e.g. k400, k600, ucf101, hmdb51, anet, charades, world.")
+    format: Literal["video_list", "frame_dir", "charades", "activitynet"] = "video_list"
+    root: str = Field("", description="Directory the list entries are relative to.")
+    train_list: Optional[str] = None
+    val_list: Optional[str] = None
+    test_list: Optional[str] = None
+    class_file: str = Field("", description="CSV `id,name` (Charades: `c000 name` lines).")
+    frame_template: str = Field("img_{:05d}.jpg", description="Frame-directory image names, 1-based index.")
+    decoder: Literal["decord", "pyav"] = "decord"
+    num_workers: int = Field(2, ge=0)
+    bad_video_threshold: float = Field(0.01, ge=0.0, le=1.0, description="Training fails past this share of bad videos.")
+    skip_bad_eval: bool = Field(False, description="Evaluation skips (and reports) bad videos instead of failing.")
+    multi_label: bool = False
+    tuning_holdout: float = Field(0.1, ge=0.0, lt=1.0, description="Share of the training list held out for tuning.")
+
+
+class ModelConfig(_Strict):
+    """Backbone, video branch and category encoder."""
+
+    backbone: str = "ViT-B-32"
+    pretrained: Optional[str] = Field("openai", description="open_clip tag, local checkpoint path, or null (random).")
+    frames: int = Field(8, ge=1)
+    resolution: int = Field(224, ge=16)
+    temporal: Literal["none", "transformer"] = "transformer"
+    temporal_layers: int = Field(6, ge=1)
+    interaction: Literal["mean", "vcs"] = "vcs"
+    vcs_tokens: Literal["all", "words"] = "all"
+    vcs_tau: float = Field(0.01, gt=0.0)
+    saliency_source: Literal["words", "cls"] = "words"
+    recognition_source: Literal["cls", "words"] = "cls"
+    prompt: str = "This is a video about {}"
+    finetune_category_encoder: bool = False
+    activation_checkpointing: bool = False
+
+
+class AttributesConfig(_Strict):
+    """The Video-to-Text attributes branch."""
+
+    enabled: bool = True
+    lexicon: str = Field("k400", description="`k400`, `imagenet1k`, `world`, `world_objects` or a path to a text file.")
+    num_attributes: int = Field(5, ge=1)
+    max_attributes: int = Field(10, ge=1, description="How many ranked phrases are cached per video.")
+    generator_backbone: Optional[str] = Field(None, description="Frozen CLIP that ranks the lexicon (default: model.backbone).")
+    generator_pretrained: Optional[str] = None
+    separator: str = ","
+    prompt_attributes: bool = True
+    prompt_categories: bool = True
+    train: bool = Field(False, description="Stage 2: train the attribute heads after the video branch.")
+    finetune_text_tower: bool = False
+
+    @model_validator(mode="after")
+    def _k_within_cache(self) -> "AttributesConfig":
+        if self.num_attributes > self.max_attributes:
+            raise ValueError(
+                f"num_attributes={self.num_attributes} exceeds max_attributes={self.max_attributes} (the cached ranking)"
+            )
+        return self
+
+
+class FusionConfig(_Strict):
+    """S = lam * S_V + (1 - lam) * S_A (Eq. 4)."""
+
+    lam: Optional[float] = Field(None, ge=0.0, le=1.0, description="null: 0.6 for ViT-B, 0.8 for ViT-L (paper).")
+    transform: Literal["softmax", "cosine"] = "softmax"
+
+
+class LossConfig(_Strict):
+    form: Literal["soft_kl", "ce"] = "soft_kl"
+    learn_logit_scale: bool = True
+    tau: float = Field(0.01, gt=0.0, description="Initial (or fixed) temperature; logit scale = 1/tau.")
+    target_scale: float = Field(10.0, gt=0.0, description="soft_kl target = softmax(target_scale * G).")
+
+
+class TrainConfig(_Strict):
+    """Appendix Table A.1."""
+
+    epochs: float = Field(30, gt=0)
+    batch_size: int = Field(256, ge=1, description="Global batch across all ranks.")
+    grad_accum: int = Field(1, ge=1)
+    lr_new: float = 5e-5
+    lr_clip: float = 5e-6
+    weight_decay: float = 0.2
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_epochs: float = Field(5, ge=0)
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    short_side: Optional[int] = Field(None, description="null: 256 (336 for 336-px models).")
+    crop_area: tuple[float, float] = (0.08, 1.0)
+    crop_aspect: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    grayscale_p: float = 0.2
+    few_shot: Optional[int] = Field(None, ge=1, description="K videos per class from the training list.")
+    few_shot_seed: int = 0
+    max_steps: Optional[int] = Field(None, ge=1, description="Stop after this many optimiser steps (smoke runs).")
+    log_every: int = Field(10, ge=1)
+    select_on: Literal["val", "tune", "none"] = Field("val", description="Split that selects the best checkpoint.")
+
+
+class EvalConfig(_Strict):
+    clips: int = Field(1, ge=1)
+    crops: Literal[1, 3] = 1
+    single_view_frame: Literal["first", "centre"] = "first"
+    view_aggregation: Literal["softmax_mean", "logit_mean"] = "softmax_mean"
+    protocol: Literal["closed", "zero_shot_half", "zero_shot_full", "zero_shot_k600", "multi_label"] = "closed"
+    zero_shot_path: Literal["frame", "full"] = "frame"
+    zero_shot_splits: int = Field(10, ge=1)
+    k600_split_files: list[str] = Field(default_factory=list)
+    batch_size: int = Field(32, ge=1)
+    save_frame_embeddings: bool = False
+    split: Literal["val", "test", "tune"] = "val"
+
+
+class RunConfig(_Strict):
+    """One run: a stage of training and/or an evaluation. Its content hash is its identity."""
+
+    name: str = "run"
+    profile: Profile = "official"
+    stage: Literal["video", "attributes", "eval"] = "video"
+    seed: int = 0
+    init_from: Optional[str] = Field(None, description="Checkpoint file or run directory to start from.")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    attributes: AttributesConfig = AttributesConfig()
+    fusion: FusionConfig = FusionConfig()
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, data: Any) -> Any:
+        """Fill the profile-dependent switches the user left out with the profile's values."""
+        if not isinstance(data, dict):
+            return data
+        profile = data.get("profile", "official")
+        if profile not in ("official", "paper"):
+            return data  # the Literal check reports it
+        out = dict(data)
+        for (section, key), values in PROFILE_DEFAULTS.items():
+            sec = out.get(section)
+            if isinstance(sec, BaseModel):
+                sec = sec.model_dump()
+            sec = dict(sec or {})
+            sec.setdefault(key, values[profile])
+            out[section] = sec
+        return out
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def fusion_lambda(self) -> float:
+        """λ: the field, else the paper's 0.8 for ViT-L backbones and 0.6 otherwise."""
+        if self.fusion.lam is not None:
+            return self.fusion.lam
+        return 0.8 if "L-14" in self.model.backbone or "L/14" in self.model.backbone else 0.6
+
+    @property
+    def short_side(self) -> int:
+        if self.train.short_side is not None:
+            return self.train.short_side
+        return 336 if self.model.resolution >= 336 else max(self.model.resolution * 8 // 7, self.model.resolution)
+
+    @property
+    def logit_scale_init(self) -> float:
+        return math.log(1.0 / self.loss.tau)
+
+    def content_hash(self, length: int = 12) -> str:
+        """Hash of the resolved content (sorted JSON). The run's identity; `name` is excluded."""
+        payload = self.model_dump(mode="json", exclude={"name"})
+        blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "RunConfig":
+        """Read and validate a run config; errors name the file and the dotted field path."""
+        import yaml
+        from pydantic import ValidationError
+
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: file not found") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(path, exc)) from None
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names file, field, value and what is allowed."""
+
+
+def format_validation_error(source: str | Path, exc: Any, prefix: str = "") -> str:
+    """Render a pydantic ValidationError as `file: field.path: got X; expected Y` lines."""
+    lines = [f"{source}: invalid configuration ({exc.error_count()} error(s))"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if prefix:
+            loc = f"{prefix}.{loc}" if loc else prefix
+        got = err.get("input")
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; allowed fields are listed in bike/config.py)"
+        elif err["type"] == "literal_error" and "expected" in err.get("ctx", {}):
+            msg = f"expected one of {err['ctx']['expected']}"
+        lines.append(f"  {loc or '<root>'}: got {got!r}; {msg}")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""bikebench orchestration: specs, expansion, executors, tracking, tables, regression checks, tuning."""

@@ -1,0 +1,56 @@
+import pytest
+import yaml
+
+from bike.config import ConfigError, RunConfig
+
+
+def test_official_profile_defaults_match_released_code():
+    cfg = RunConfig()
+    assert cfg.model.vcs_tokens == "all"
+    assert cfg.loss.form == "soft_kl" and cfg.loss.learn_logit_scale
+    assert cfg.fusion.transform == "softmax"
+    assert cfg.model.prompt == "This is a video about {}"
+    assert cfg.attributes.num_attributes == 5
+
+
+def test_paper_profile_switches_formulas_but_explicit_fields_win():
+    cfg = RunConfig.model_validate({"profile": "paper", "loss": {"form": "soft_kl"}})
+    assert cfg.model.vcs_tokens == "words"
+    assert cfg.fusion.transform == "cosine"
+    assert cfg.loss.form == "soft_kl"  # explicit value kept
+    assert cfg.loss.learn_logit_scale is False
+
+
+def test_lambda_defaults_follow_backbone():
+    assert RunConfig().fusion_lambda == pytest.approx(0.6)
+    assert RunConfig.model_validate({"model": {"backbone": "ViT-L-14"}}).fusion_lambda == pytest.approx(0.8)
+    assert RunConfig.model_validate({"fusion": {"lam": 0.7}}).fusion_lambda == pytest.approx(0.7)
+
+
+def test_content_hash_ignores_name_and_tracks_content():
+    a = RunConfig(name="a")
+    b = RunConfig(name="b")
+    c = RunConfig.model_validate({"model": {"frames": 16}})
+    assert a.content_hash() == b.content_hash()
+    assert a.content_hash() != c.content_hash()
+
+
+def test_yaml_round_trip_and_errors_name_file_and_field(tmp_path):
+    path = tmp_path / "run.yaml"
+    cfg = RunConfig.model_validate({"model": {"frames": 4}})
+    path.write_text(cfg.to_yaml())
+    assert RunConfig.from_yaml(path) == cfg
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"model": {"interaction": "attention", "framez": 3}}))
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_yaml(bad)
+    msg = str(info.value)
+    assert str(bad) in msg
+    assert "model.interaction" in msg and "'attention'" in msg and "'vcs'" in msg
+    assert "model.framez" in msg and "unknown field" in msg
+
+
+def test_num_attributes_cannot_exceed_cache():
+    with pytest.raises(ValueError, match="max_attributes"):
+        RunConfig.model_validate({"attributes": {"num_attributes": 12, "max_attributes": 10}})

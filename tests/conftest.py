@@ -1,0 +1,17 @@
+"""Shared test set-up: offline hub, quiet MLflow, small thread counts."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def rng():
+    """A seeded torch generator for reproducible random inputs."""
+    return torch.Generator().manual_seed(0)

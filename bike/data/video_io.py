@@ -1,0 +1,53 @@
+"""Writing real video files (H.264 in an mp4 container) with PyAV.
+
+Used by the miniature video world and by tests that need real videos on disk. ``lossless=True`` encodes
+with x264's RGB variant (libx264rgb, rgb24) at qp=0, so decoded frames equal the frames written bit for bit (a test can assert
+that the frame decoded is exactly the frame asked for). The lossy default (yuv420p, crf 18) is what a
+real dataset looks like.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int = 10, lossless: bool = False) -> Path:
+    """Write ``frames`` (uint8 ``[T,H,W,3]`` RGB, H and W even) as an H.264 mp4; returns the path.
+
+    The file is written to a temporary name and renamed, so a crash never leaves a half-written video
+    under the final name.
+    """
+    import av
+
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"write_mp4({path}): frames must be uint8 [T,H,W,3], got {frames.dtype} {frames.shape}")
+    t, h, w, _ = frames.shape
+    if t == 0:
+        raise ValueError(f"write_mp4({path}): no frames")
+    if h % 2 or w % 2:
+        raise ValueError(f"write_mp4({path}): H and W must be even for H.264, got {h}x{w}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.mp4")
+    with av.open(str(tmp), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264rgb" if lossless else "libx264", rate=fps)
+        stream.width, stream.height = w, h
+        if lossless:
+            stream.pix_fmt = "rgb24"
+            stream.options = {"qp": "0", "preset": "ultrafast"}
+        else:
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": "18", "preset": "veryfast"}
+        stream.codec_context.gop_size = 12
+        for frame in frames:
+            packet_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            for packet in stream.encode(packet_frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    os.replace(tmp, path)
+    return path

@@ -4,6 +4,9 @@ Used by the miniature video world and by tests that need real videos on disk. ``
 with x264's RGB variant (libx264rgb, rgb24) at qp=0, so decoded frames equal the frames written bit for bit (a test can assert
 that the frame decoded is exactly the frame asked for). The lossy default (yuv420p, crf 18) is what a
 real dataset looks like.
+
+Pitfall seen here: decord 0.6 fails to copy out frames of some small widths (16 and 48 px fail, 32, 64,
+80, 96, 112 and 320 work) with "DECORDArrayCopyFromTo: The size must exactly match"; PyAV reads them.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from bike.data.video_io import write_mp4
 
 
 def test_lossless_mp4_decodes_exactly(tmp_path):
-    frames = np.random.default_rng(0).integers(0, 256, (12, 32, 48, 3), dtype=np.uint8)
+    frames = np.random.default_rng(0).integers(0, 256, (12, 32, 64, 3), dtype=np.uint8)
     path = write_mp4(tmp_path / "v.mp4", frames, lossless=True)
     reader = decord.VideoReader(str(path), num_threads=1)
     assert len(reader) == 12
@@ -15,7 +15,7 @@ def test_lossless_mp4_decodes_exactly(tmp_path):
 
 
 def test_lossy_mp4_is_close_and_atomic(tmp_path):
-    frames = np.full((6, 16, 16, 3), 128, dtype=np.uint8)
+    frames = np.full((6, 32, 32, 3), 128, dtype=np.uint8)
     path = write_mp4(tmp_path / "sub" / "v.mp4", frames)
     assert path.exists() and not list(path.parent.glob(".*tmp*"))
     got = decord.VideoReader(str(path), num_threads=1).get_batch([3]).asnumpy()

@@ -1,0 +1,644 @@
+"""``bikebench check``: regression of our results against the paper and against a blessed baseline.
+
+Results file (``results/table6_results.json``, written by the table6 runner): a JSON (or YAML) list
+of cell dicts, or an object ``{"scale": "smoke", "cells": [...]}`` whose ``scale`` applies to cells
+that give none. A cell::
+
+    {"table": "6a", "row": "mean_pool", "column": "top1", "value": 41.2,
+     "std": null, "scale": "smoke", "run_id": "3f2a...", "metric": "top1", "variant": null}
+
+``value`` is in percentage points (as the paper prints). ``variant`` (optional) tells apart several
+results for one paper cell (e.g. ``"paper"`` for the paper-formula profile); the cell key is
+``table/row/column`` plus ``#variant`` when given.
+
+Baseline file (``results/baselines/table6_smoke.json``, written by :func:`write_baseline`)::
+
+    {"schema": "bikebench.baseline/1", "created": "...", "meta": {...},
+     "cells": {"6a/mean_pool/top1": {"value": 41.2, "metric": "top1", "run_id": "..."}, ...}}
+
+A plain mapping ``{"6a/mean_pool/top1": 41.2, ...}`` (JSON or YAML) is accepted too.
+
+Tolerances: a number (points), or a :class:`Tolerances` (default, per metric, per table, per cell;
+direction rule), or a YAML file with ``paper:`` and/or ``baseline:`` sections holding such mappings.
+Direction rule per metric: ``decrease`` (default for accuracy-like metrics: only a drop beyond the
+tolerance is a regression, a rise beyond it is reported as ``improved``), ``increase`` (cost metrics
+such as GFLOPs) or ``both`` (any change beyond the tolerance is a regression).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Literal, Mapping, Optional, Sequence, TextIO, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from harness.registry import Registry, cell_key, load_registry
+
+DEFAULT_RESULTS = Path("results/table6_results.json")
+DEFAULT_BASELINE = Path("results/baselines/table6_smoke.json")
+DEFAULT_PAPER_TOLERANCE = 0.5  # points: the paper prints one decimal; a full-scale rerun should land within it
+DEFAULT_BASELINE_TOLERANCE = 1.0  # points: CPU nondeterminism of smoke runs (thread scheduling, BLAS order)
+FULL_SCALE = "full"
+BASELINE_SCHEMA = "bikebench.baseline/1"
+# Comparisons are made on rounded deltas so that 0.1 + 0.4 == 0.5 stays within a 0.5 tolerance.
+_EPS = 1e-9
+
+Direction = Literal["decrease", "increase", "both"]
+Status = Literal["ok", "regression", "improved", "missing", "no_reference"]
+STATUSES: tuple[Status, ...] = ("ok", "regression", "improved", "missing", "no_reference")
+LOWER_IS_BETTER = frozenset({"gflops_per_view", "params_m"})
+
+
+class CheckError(ValueError):
+    """Unusable input (results, baseline or tolerance file); the message names the file and field."""
+
+
+# ---------------------------------------------------------------------------------------------- cells
+class ResultCell(BaseModel):
+    """One number of ours for one paper cell. Extra fields (e.g. ``n_videos``) are kept."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    table: str
+    row: str = Field(min_length=1)
+    column: str = Field(min_length=1)
+    value: float
+    std: Optional[float] = Field(None, ge=0)
+    scale: Optional[str] = None
+    run_id: Optional[str] = None
+    metric: Optional[str] = None
+    variant: Optional[str] = None
+    derived: bool = False
+
+    @field_validator("table", mode="before")
+    @classmethod
+    def _table_str(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("value")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError(f"must be a finite number, got {v}")
+        return v
+
+    @field_validator("row", "column", "variant")
+    @classmethod
+    def _no_separators(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and any(ch in v for ch in "/#"):
+            raise ValueError(f"must not contain '/' or '#', got {v!r}")
+        return v
+
+    @property
+    def paper_key(self) -> str:
+        """``table/row/column``: the registry cell this result stands beside."""
+        return cell_key(self.table, self.row, self.column)
+
+    @property
+    def key(self) -> str:
+        """``table/row/column[#variant]``: unique per result."""
+        return self.paper_key + (f"#{self.variant}" if self.variant else "")
+
+
+ResultsLike = Union[str, Path, Sequence[Union[ResultCell, Mapping[str, Any]]]]
+
+
+def _read_structured(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CheckError(f"{path}: file not found") from None
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            return yaml.safe_load(text)
+        return json.loads(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise CheckError(f"{path}: not valid {'YAML' if path.suffix.lower() in ('.yaml', '.yml') else 'JSON'}: {exc}") from None
+
+
+def coerce_results(cells: Iterable[Union[ResultCell, Mapping[str, Any]]], source: str = "<results>", scale: Optional[str] = None) -> list[ResultCell]:
+    """Validate cell dicts into :class:`ResultCell`s; ``scale`` fills cells that give none."""
+    out: list[ResultCell] = []
+    seen: dict[str, int] = {}
+    errors: list[str] = []
+    for i, raw in enumerate(cells):
+        if isinstance(raw, ResultCell):
+            cell = raw
+        elif isinstance(raw, Mapping):
+            data = dict(raw)
+            if scale is not None and data.get("scale") is None:
+                data["scale"] = scale
+            try:
+                cell = ResultCell.model_validate(data)
+            except ValidationError as exc:
+                for err in exc.errors():
+                    loc = ".".join(str(p) for p in err["loc"]) or "<cell>"
+                    errors.append(f"{source}: cells[{i}]: field {loc!r}: {err['msg']} (got {err.get('input')!r})")
+                continue
+        else:
+            errors.append(f"{source}: cells[{i}]: expected a mapping with table/row/column/value, got {type(raw).__name__}")
+            continue
+        if cell.key in seen:
+            errors.append(f"{source}: cells[{i}]: duplicate cell {cell.key!r} (first at cells[{seen[cell.key]}])")
+            continue
+        seen[cell.key] = i
+        out.append(cell)
+    if errors:
+        raise CheckError("\n".join(errors))
+    return out
+
+
+def load_results(source: ResultsLike = DEFAULT_RESULTS) -> list[ResultCell]:
+    """Our results from a file (JSON/YAML list, or ``{"scale": .., "cells": [..]}``) or a list of dicts."""
+    if not isinstance(source, (str, Path)):
+        return coerce_results(source)
+    path = Path(source)
+    data = _read_structured(path)
+    scale = None
+    if isinstance(data, Mapping):
+        if "cells" not in data:
+            raise CheckError(f"{path}: expected a list of cells or an object with a 'cells' list, got keys {sorted(data)}")
+        scale = data.get("scale")
+        data = data["cells"]
+    if not isinstance(data, list):
+        raise CheckError(f"{path}: field 'cells': expected a list of cell objects, got {type(data).__name__}")
+    return coerce_results(data, source=str(path), scale=scale)
+
+
+def derive_gain_cells(results: Sequence[ResultCell], registry: Registry) -> list[ResultCell]:
+    """Our values for the paper's printed gains (``delta_of`` cells) computable from our cells.
+
+    A gain is derived per variant when both operands exist with that variant; cells already present
+    in ``results`` are kept as given. Returns only the new, derived cells (``derived=True``).
+    """
+    have = {c.key: c for c in results}
+    out: list[ResultCell] = []
+    variants = sorted({c.variant for c in results}, key=lambda v: (v is not None, v or ""))
+    for entry in registry:
+        if entry.delta_of is None:
+            continue
+        for variant in variants:
+            suffix = f"#{variant}" if variant else ""
+            if entry.key + suffix in have:
+                continue
+            refs = [have.get(cell_key(entry.table, *ref.split(":")) + suffix) for ref in entry.delta_of]
+            if refs[0] is None or refs[1] is None:
+                continue
+            scales = {refs[0].scale, refs[1].scale}
+            out.append(
+                ResultCell(
+                    table=entry.table,
+                    row=entry.row,
+                    column=entry.column,
+                    value=refs[0].value - refs[1].value,
+                    scale=refs[0].scale if len(scales) == 1 else "mixed",
+                    metric=entry.metric,
+                    variant=variant,
+                    derived=True,
+                )
+            )
+    return out
+
+
+# ----------------------------------------------------------------------------------------- tolerances
+class Tolerances(BaseModel):
+    """Tolerance (points) and direction rule per cell; the most specific setting wins (cell > table > metric > default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default: float = Field(DEFAULT_PAPER_TOLERANCE, ge=0)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    tables: dict[str, float] = Field(default_factory=dict)
+    cells: dict[str, float] = Field(default_factory=dict)
+    direction: Optional[Direction] = Field(None, description="Overrides the per-metric default for every cell.")
+    directions: dict[str, Direction] = Field(default_factory=dict, description="Per-metric direction rule.")
+
+    @field_validator("metrics", "tables", "cells")
+    @classmethod
+    def _non_negative(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: x for k, x in v.items() if x < 0}
+        if bad:
+            raise ValueError(f"tolerances must be >= 0, got {bad}")
+        return v
+
+    def for_cell(self, key: str, table: str, metric: Optional[str]) -> tuple[float, Direction]:
+        """(tolerance, direction) for a cell key ``table/row/column[#variant]``."""
+        base_key = key.split("#", 1)[0]
+        if key in self.cells:
+            tol = self.cells[key]
+        elif base_key in self.cells:
+            tol = self.cells[base_key]
+        elif table in self.tables:
+            tol = self.tables[table]
+        elif metric is not None and metric in self.metrics:
+            tol = self.metrics[metric]
+        else:
+            tol = self.default
+        if self.direction is not None:
+            direction: Direction = self.direction
+        elif metric is not None and metric in self.directions:
+            direction = self.directions[metric]
+        else:
+            direction = default_direction(metric)
+        return tol, direction
+
+
+def default_direction(metric: Optional[str]) -> Direction:
+    """``increase`` for cost metrics (lower is better), ``decrease`` for accuracy-like metrics."""
+    return "increase" if metric in LOWER_IS_BETTER else "decrease"
+
+
+def as_tolerances(tolerance: Union[None, float, Tolerances, Mapping[str, Any]], default: float, direction: Optional[Direction] = None) -> Tolerances:
+    """A :class:`Tolerances` from a number, a mapping or None (-> ``default``); ``direction`` overrides."""
+    if tolerance is None:
+        tol = Tolerances(default=default)
+    elif isinstance(tolerance, Tolerances):
+        tol = tolerance
+    elif isinstance(tolerance, (int, float)) and not isinstance(tolerance, bool):
+        if tolerance < 0:
+            raise CheckError(f"tolerance must be >= 0, got {tolerance}")
+        tol = Tolerances(default=float(tolerance))
+    elif isinstance(tolerance, Mapping):
+        try:
+            tol = Tolerances.model_validate({"default": default, **tolerance})
+        except ValidationError as exc:
+            raise CheckError(_fmt_validation("<tolerances>", exc)) from None
+    else:
+        raise CheckError(f"tolerance: expected a number, a mapping or Tolerances, got {type(tolerance).__name__}")
+    if direction is not None:
+        tol = tol.model_copy(update={"direction": direction})
+    return tol
+
+
+def load_tolerances(path: str | Path) -> dict[str, Tolerances]:
+    """Read a tolerance YAML with ``paper:`` and/or ``baseline:`` sections (each a Tolerances mapping)."""
+    path = Path(path)
+    data = _read_structured(path)
+    if not isinstance(data, Mapping) or not set(data) <= {"paper", "baseline"} or not data:
+        raise CheckError(f"{path}: expected a mapping with 'paper' and/or 'baseline' sections, got {data!r:.200}")
+    out = {}
+    for section, default in (("paper", DEFAULT_PAPER_TOLERANCE), ("baseline", DEFAULT_BASELINE_TOLERANCE)):
+        if section in data:
+            try:
+                out[section] = Tolerances.model_validate({"default": default, **(data[section] or {})})
+            except ValidationError as exc:
+                raise CheckError(_fmt_validation(f"{path}: {section}", exc)) from None
+    return out
+
+
+def _fmt_validation(where: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"{where}: field {loc!r}: {msg} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------- reports
+@dataclass(frozen=True)
+class CheckRow:
+    """One compared cell. ``delta = ours - reference`` (None when either side is missing)."""
+
+    key: str
+    ours: Optional[float]
+    reference: Optional[float]
+    delta: Optional[float]
+    tolerance: Optional[float]
+    direction: Optional[Direction]
+    status: Status
+    metric: Optional[str] = None
+    note: str = ""
+
+
+@dataclass
+class Report:
+    """Rows of one comparison, in reference order; rendered row by row by :meth:`to_text`."""
+
+    title: str
+    rows: list[CheckRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in STATUSES}
+        for r in self.rows:
+            out[r.status] += 1
+        return out
+
+    def by_status(self, status: Status) -> list[CheckRow]:
+        return [r for r in self.rows if r.status == status]
+
+    @property
+    def compared(self) -> int:
+        """Rows where both ours and the reference exist."""
+        return sum(r.status in ("ok", "regression", "improved") for r in self.rows)
+
+    def failed(self, fail_on_missing: bool = True) -> bool:
+        """A regression, or (unless told otherwise) a missing cell."""
+        c = self.counts()
+        return c["regression"] > 0 or (fail_on_missing and c["missing"] > 0)
+
+    def to_text(self, fail_on_missing: bool = True) -> str:
+        def num(x: Optional[float], signed: bool = False) -> str:
+            if x is None:
+                return "–"
+            return f"{x:+.2f}" if signed else f"{x:.2f}"
+
+        width = max([len(r.key) for r in self.rows] + [4])
+        lines = [self.title, "=" * len(self.title)]
+        lines += [f"note: {n}" for n in self.notes]
+        header = f"{'status':<12} {'cell':<{width}} {'ours':>8} {'ref':>8} {'delta':>8} {'tol':>10}"
+        lines += [header, "-" * len(header)]
+        for r in self.rows:
+            tol = "–" if r.tolerance is None else f"±{r.tolerance:g}" + {"decrease": "↓", "increase": "↑", "both": "↕", None: ""}[r.direction]
+            line = f"{r.status.upper():<12} {r.key:<{width}} {num(r.ours):>8} {num(r.reference):>8} {num(r.delta, True):>8} {tol:>10}"
+            lines.append(line + (f"  {r.note}" if r.note else ""))
+        c = self.counts()
+        verdict = "FAIL" if self.failed(fail_on_missing) else "PASS"
+        lines.append("-" * len(header))
+        lines.append(f"{verdict}: " + ", ".join(f"{n} {s}" for s, n in c.items() if n) + f" ({self.compared} compared)")
+        lines.append("tol: ↓ a drop beyond it is a regression, ↑ a rise is, ↕ either is")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"title": self.title, "notes": list(self.notes), "counts": self.counts(), "rows": [r.__dict__ for r in self.rows]}
+
+
+def _judge(ours: float, ref: float, tol: float, direction: Direction) -> tuple[float, Status]:
+    delta = ours - ref
+    excess = abs(delta) - tol
+    if excess <= _EPS:
+        return delta, "ok"
+    worse = delta < 0 if direction == "decrease" else delta > 0 if direction == "increase" else True
+    return delta, "regression" if worse else "improved"
+
+
+# ----------------------------------------------------------------------------------------- comparing
+def compare_with_paper(
+    results: ResultsLike,
+    registry: Optional[Registry] = None,
+    tolerance: Union[None, float, Tolerances, Mapping[str, Any]] = DEFAULT_PAPER_TOLERANCE,
+    direction: Optional[Direction] = None,
+    *,
+    tables: Optional[Sequence[str]] = None,
+    scale: Optional[str] = FULL_SCALE,
+    include_derived: bool = True,
+) -> Report:
+    """Our cells against the published numbers.
+
+    Only cells of ``scale`` are compared (default ``"full"``; None compares every cell whatever its
+    scale). The scope is ``tables`` (default: the tables our compared cells belong to); within it,
+    every published BIKE cell (profile ``official``) we lack is ``missing``; other methods' rows
+    are compared only when we provide them. With ``include_derived`` the paper's printed gains
+    (e.g. 6a "+1.7") are derived from our cells and compared too; a gain whose operands are missing
+    is not reported as missing itself (its operands are).
+    """
+    registry = registry if registry is not None else load_registry()
+    tol = as_tolerances(tolerance, DEFAULT_PAPER_TOLERANCE, direction)
+    cells = load_results(results)
+    report = Report(title="Check against the paper (published full-scale numbers)")
+    if scale is not None:
+        skipped = [c for c in cells if c.scale != scale]
+        cells = [c for c in cells if c.scale == scale]
+        if skipped:
+            scales = sorted({str(c.scale) for c in skipped})
+            report.notes.append(
+                f"{len(skipped)} cell(s) of scale {', '.join(scales)} left out: the paper's numbers are full scale "
+                f"(compare them anyway with scale=None / --scale any)"
+            )
+    if include_derived:
+        cells = cells + derive_gain_cells(cells, registry)
+    scope = [str(t) for t in tables] if tables is not None else sorted({c.table for c in cells}, key=_table_order(registry))
+    ours_by_paper_key: dict[str, list[ResultCell]] = {}
+    for c in cells:
+        ours_by_paper_key.setdefault(c.paper_key, []).append(c)
+
+    for entry in registry:
+        if entry.table not in scope:
+            continue
+        mine = ours_by_paper_key.pop(entry.key, [])
+        if not mine:
+            if entry.profile == "external" or entry.approx:
+                continue
+            if entry.is_gain:
+                continue  # its operands are reported (as missing) themselves
+            t, d = tol.for_cell(entry.key, entry.table, entry.metric)
+            report.rows.append(CheckRow(entry.key, None, entry.value, None, t, d, "missing", entry.metric, "no result of ours"))
+            continue
+        for c in mine:
+            t, d = tol.for_cell(c.key, entry.table, entry.metric)
+            delta, status = _judge(c.value, entry.value, t, d)
+            note = "derived gain" if c.derived else ""
+            report.rows.append(CheckRow(c.key, c.value, entry.value, delta, t, d, status, entry.metric, note))
+    for key, mine in ours_by_paper_key.items():
+        for c in mine:
+            if c.table in scope:
+                report.rows.append(CheckRow(c.key, c.value, None, None, None, None, "no_reference", c.metric, "not in the registry"))
+    return report
+
+
+def _table_order(registry: Registry):
+    order = {t: i for i, t in enumerate(registry.tables())}
+    return lambda t: (order.get(t, len(order)), t)
+
+
+@dataclass(frozen=True)
+class BaselineCell:
+    value: float
+    metric: Optional[str] = None
+    std: Optional[float] = None
+    run_id: Optional[str] = None
+
+
+def load_baseline(source: Union[str, Path, Mapping[str, Any]]) -> dict[str, BaselineCell]:
+    """A baseline: ``{"cells": {key: {"value": ..}}}`` or a plain ``{key: value}`` mapping (JSON/YAML)."""
+    where = str(source) if isinstance(source, (str, Path)) else "<baseline>"
+    data = _read_structured(Path(source)) if isinstance(source, (str, Path)) else source
+    if not isinstance(data, Mapping):
+        raise CheckError(f"{where}: expected a mapping of cell keys to values, got {type(data).__name__}")
+    if "cells" in data and isinstance(data["cells"], Mapping):
+        schema = data.get("schema", BASELINE_SCHEMA)
+        if schema != BASELINE_SCHEMA:
+            raise CheckError(f"{where}: field 'schema': expected {BASELINE_SCHEMA!r}, got {schema!r}")
+        data = data["cells"]
+    out: dict[str, BaselineCell] = {}
+    for key, raw in data.items():
+        if not isinstance(key, str) or key.split("#", 1)[0].count("/") != 2:
+            raise CheckError(f"{where}: cell key {key!r}: expected 'table/row/column' (optionally '#variant')")
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            out[key] = BaselineCell(value=float(raw))
+        elif isinstance(raw, Mapping) and isinstance(raw.get("value"), (int, float)) and not isinstance(raw.get("value"), bool):
+            unknown = set(raw) - {"value", "metric", "std", "run_id"}
+            if unknown:
+                raise CheckError(f"{where}: cells[{key!r}]: unknown field(s) {sorted(unknown)} (allowed: value, metric, std, run_id)")
+            out[key] = BaselineCell(float(raw["value"]), raw.get("metric"), raw.get("std"), raw.get("run_id"))
+        else:
+            raise CheckError(f"{where}: cells[{key!r}]: field 'value': expected a number, got {raw!r}")
+    return out
+
+
+def compare_with_baseline(
+    results: ResultsLike,
+    baseline: Union[str, Path, Mapping[str, Any]],
+    tolerance: Union[None, float, Tolerances, Mapping[str, Any]] = DEFAULT_BASELINE_TOLERANCE,
+    direction: Optional[Direction] = None,
+) -> Report:
+    """Our cells against a blessed baseline of our own (same scale), cell by cell."""
+    tol = as_tolerances(tolerance, DEFAULT_BASELINE_TOLERANCE, direction)
+    cells = {c.key: c for c in load_results(results)}
+    base = load_baseline(baseline)
+    report = Report(title="Check against the baseline" + (f" ({baseline})" if isinstance(baseline, (str, Path)) else ""))
+    for key, ref in base.items():
+        table = key.split("/", 1)[0]
+        mine = cells.pop(key, None)
+        metric = (mine.metric if mine is not None and mine.metric else None) or ref.metric
+        t, d = tol.for_cell(key, table, metric)
+        if mine is None:
+            report.rows.append(CheckRow(key, None, ref.value, None, t, d, "missing", metric, "no result of ours"))
+            continue
+        delta, status = _judge(mine.value, ref.value, t, d)
+        note = "better than the baseline: bless a new one if intended" if status == "improved" else ""
+        report.rows.append(CheckRow(key, mine.value, ref.value, delta, t, d, status, metric, note))
+    for key, c in cells.items():
+        report.rows.append(CheckRow(key, c.value, None, None, None, None, "no_reference", c.metric, "not in the baseline"))
+    return report
+
+
+def write_baseline(results: ResultsLike, path: Union[str, Path] = DEFAULT_BASELINE, meta: Optional[Mapping[str, Any]] = None) -> Path:
+    """Bless ``results`` as the new baseline (atomic write). Derived cells are not stored."""
+    cells = [c for c in load_results(results) if not c.derived]
+    payload = {
+        "schema": BASELINE_SCHEMA,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "meta": dict(meta or {}),
+        "cells": {
+            c.key: {k: v for k, v in (("value", c.value), ("metric", c.metric), ("std", c.std), ("run_id", c.run_id)) if v is not None}
+            for c in cells
+        },
+    }
+    scales = sorted({str(c.scale) for c in cells if c.scale is not None})
+    if scales:
+        payload["meta"].setdefault("scale", scales[0] if len(scales) == 1 else scales)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(payload, fh, indent=2, ensure_ascii=False)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# -------------------------------------------------------------------------------------------- entry
+def check_main(
+    results_path: Union[str, Path] = DEFAULT_RESULTS,
+    baseline_path: Union[str, Path, None] = None,
+    against: Literal["baseline", "paper", "both"] = "baseline",
+    tolerance: Union[None, float, Tolerances, Mapping[str, Any]] = None,
+    fail_on_missing: bool = True,
+    *,
+    paper_tolerance: Union[None, float, Tolerances, Mapping[str, Any]] = None,
+    baseline_tolerance: Union[None, float, Tolerances, Mapping[str, Any]] = None,
+    tolerances_file: Union[str, Path, None] = None,
+    direction: Optional[Direction] = None,
+    scale: Optional[str] = FULL_SCALE,
+    registry: Optional[Registry] = None,
+    bless: bool = False,
+    out: Optional[TextIO] = None,
+    err: Optional[TextIO] = None,
+) -> int:
+    """Run the checks, print the reports; exit code 0 (pass), 1 (regression/missing), 2 (bad input).
+
+    Tolerance precedence (per comparison): ``paper_tolerance``/``baseline_tolerance`` > ``tolerance``
+    > the ``tolerances_file`` section > defaults (0.5 paper, 1.0 baseline). ``bless`` writes the
+    results as the new baseline instead of checking against it.
+    """
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    if against not in ("baseline", "paper", "both"):
+        print(f"error: against must be 'baseline', 'paper' or 'both', got {against!r}", file=err)
+        return 2
+    baseline_path = Path(baseline_path) if baseline_path is not None else DEFAULT_BASELINE
+    try:
+        results = load_results(results_path)
+        if bless:
+            written = write_baseline(results, baseline_path, meta={"source": str(results_path)})
+            print(f"blessed {len(results)} cell(s) as the baseline: {written}", file=out)
+            return 0
+        from_file = load_tolerances(tolerances_file) if tolerances_file is not None else {}
+        reports: list[Report] = []
+        if against in ("baseline", "both"):
+            if not baseline_path.exists():
+                print(f"error: no baseline at {baseline_path}; bless one with `bikebench check --bless` (writes the current results)", file=err)
+                return 2
+            tol = _pick(baseline_tolerance, tolerance, from_file.get("baseline"), DEFAULT_BASELINE_TOLERANCE)
+            reports.append(compare_with_baseline(results, baseline_path, tol, direction))
+        if against in ("paper", "both"):
+            tol = _pick(paper_tolerance, tolerance, from_file.get("paper"), DEFAULT_PAPER_TOLERANCE)
+            reports.append(compare_with_paper(results, registry, tol, direction, scale=scale))
+    except (CheckError, OSError) as exc:
+        print(f"error: {exc}", file=err)
+        return 2
+    code = 0
+    for report in reports:
+        print(report.to_text(fail_on_missing), file=out)
+        print(file=out)
+        if report.compared == 0 and not report.by_status("missing"):
+            print(f"error: {report.title}: nothing to compare (no cell of ours has a reference)", file=err)
+            code = max(code, 2)
+        elif report.failed(fail_on_missing):
+            code = max(code, 1)
+    return code
+
+
+def _pick(specific: Any, general: Any, from_file: Optional[Tolerances], default: float) -> Any:
+    for candidate in (specific, general, from_file):
+        if candidate is not None:
+            return candidate
+    return default
+
+
+def add_check_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``bikebench check`` options (for ``harness.cli``); pair with :func:`run_from_args`."""
+    parser.add_argument("--results", default=str(DEFAULT_RESULTS), help="results file (default: %(default)s)")
+    parser.add_argument("--baseline", default=str(DEFAULT_BASELINE), help="baseline file (default: %(default)s)")
+    parser.add_argument("--against", choices=("baseline", "paper", "both"), default="baseline")
+    parser.add_argument("--tolerance", type=float, default=None, help="points, for every comparison (defaults: paper 0.5, baseline 1.0)")
+    parser.add_argument("--paper-tolerance", type=float, default=None)
+    parser.add_argument("--baseline-tolerance", type=float, default=None)
+    parser.add_argument("--tolerances", default=None, help="YAML with 'paper:'/'baseline:' sections (default, metrics, tables, cells, direction)")
+    parser.add_argument("--direction", choices=("decrease", "increase", "both"), default=None, help="which change is a regression (default: per metric)")
+    parser.add_argument("--scale", default=FULL_SCALE, help="compare only cells of this scale with the paper ('any': all)")
+    parser.add_argument("--allow-missing", action="store_true", help="missing cells do not fail the check")
+    parser.add_argument("--bless", action="store_true", help="write the results as the new baseline")
+    return parser
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run :func:`check_main` from the options of :func:`add_check_arguments`."""
+    return check_main(
+        args.results,
+        args.baseline,
+        args.against,
+        args.tolerance,
+        fail_on_missing=not args.allow_missing,
+        paper_tolerance=args.paper_tolerance,
+        baseline_tolerance=args.baseline_tolerance,
+        tolerances_file=args.tolerances,
+        direction=args.direction,
+        scale=None if args.scale == "any" else args.scale,
+        bless=args.bless,
+    )

@@ -1,0 +1,442 @@
+"""Readers for the dataset list formats (see ``docs/bike-method.md``, "File formats").
+
+Every reader returns ``list[VideoRecord]`` with absolute paths. Formats (whitespace separated, ``#``
+comments and blank lines ignored):
+
+* video list      ``<relative_path>.mp4 <label>``                      (K400, K600, UCF, HMDB, world)
+* frame-dir list  ``<relative_dir> <num_frames> <label>``              (frames ``img_00001.jpg`` ...)
+* trimmed list    ``<relative_path> <label> <start_s> <end_s>``        (ActivityNet training instances)
+* class CSV       header ``id,name`` then ``0,abseiling`` ... (ids 0..K-1 in order)
+* Charades        classes ``c000 Holding some clothes``; train CSV ``video_id,label,start_time,end_time,total_time``
+                  (one action instance per row); test CSV ``Charades_v1_test.csv`` (columns ``id`` and
+                  ``actions`` = ``c077 12.10 18.00;c079 ...``), one multi-label record per video.
+
+A label field is a class index; in multi-label lists it may hold several indices joined by commas
+(``3,17``). Labels outside ``0..K-1`` of the class file are errors. Every parse error names the file,
+the line, the field and what was expected.
+
+``video_id`` is the list entry as written (the relative path); trimmed instances append the media
+fragment ``#t=<start>,<end>`` as written in the list, so ids are unique keys (duplicates are errors).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Sequence, Union
+
+Label = Union[int, tuple[int, ...]]
+PathLike = Union[str, os.PathLike]
+_log = logging.getLogger(__name__)
+
+#: Number of Charades action classes (``c000`` .. ``c156``).
+CHARADES_NUM_CLASSES = 157
+#: Extension of the Charades videos as distributed (``Charades_v1_480/<id>.mp4``).
+CHARADES_VIDEO_EXT = ".mp4"
+
+
+class ListFormatError(ValueError):
+    """A list, class or annotation file that cannot be parsed; the message names file, line and field."""
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One sample of a dataset list.
+
+    path:       absolute path of the video file or frame directory.
+    label:      class index, or a tuple of class indices (multi-label; may be empty).
+    video_id:   the list entry as written (unique key; trimmed instances carry ``#t=start,end``).
+    num_frames: frame count given by the list (frame directories), else None (read from the video).
+    start, end: seconds of a trimmed instance inside the video, else None (whole video).
+    """
+
+    path: str
+    label: Label
+    video_id: str
+    num_frames: Optional[int] = None
+    start: Optional[float] = None
+    end: Optional[float] = None
+
+    @property
+    def is_multi_label(self) -> bool:
+        return isinstance(self.label, tuple)
+
+    @property
+    def is_trimmed(self) -> bool:
+        return self.start is not None or self.end is not None
+
+
+# --------------------------------------------------------------------------- helpers
+def _lines(path: PathLike) -> Iterator[tuple[int, list[str]]]:
+    """Yield (1-based line number, whitespace fields) of the non-blank, non-comment lines."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ListFormatError(f"{path}: list file not found") from None
+    except UnicodeDecodeError as exc:
+        raise ListFormatError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        yield lineno, stripped.split()
+
+
+def _where(path: PathLike, lineno: int) -> str:
+    return f"{path}:{lineno}"
+
+
+def _parse_int(text: str, path: PathLike, lineno: int, field: str, minimum: int = 0) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ListFormatError(
+            f"{_where(path, lineno)}: field '{field}': got {text!r}; expected an integer >= {minimum}"
+        ) from None
+    if value < minimum:
+        raise ListFormatError(f"{_where(path, lineno)}: field '{field}': got {value}; expected an integer >= {minimum}")
+    return value
+
+
+def _parse_seconds(text: str, path: PathLike, lineno: int, field: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value < 0:
+        raise ListFormatError(
+            f"{_where(path, lineno)}: field '{field}': got {text!r}; expected a non-negative number of seconds"
+        )
+    return value
+
+
+def _check_range(value: int, num_classes: Optional[int], path: PathLike, lineno: int, field: str) -> None:
+    if num_classes is not None and not 0 <= value < num_classes:
+        raise ListFormatError(
+            f"{_where(path, lineno)}: field '{field}': label {value} is out of range; "
+            f"expected 0..{num_classes - 1} ({num_classes} classes in the class file)"
+        )
+
+
+def _parse_label(
+    text: str, path: PathLike, lineno: int, num_classes: Optional[int], multi_label: bool, field: str = "label"
+) -> Label:
+    """``"3"`` -> 3; with ``multi_label``, ``"3,17"`` -> (3, 17) and ``"3"`` -> (3,)."""
+    parts = text.split(",")
+    if len(parts) > 1 and not multi_label:
+        raise ListFormatError(
+            f"{_where(path, lineno)}: field '{field}': got {text!r}; expected one class index "
+            "(several comma-separated labels need data.multi_label: true)"
+        )
+    values = [_parse_int(p, path, lineno, field) for p in parts]
+    for v in values:
+        _check_range(v, num_classes, path, lineno, field)
+    if multi_label:
+        return tuple(sorted(set(values)))
+    return values[0]
+
+
+def _check_fields(fields: list[str], names: Sequence[str], path: PathLike, lineno: int) -> None:
+    if len(fields) != len(names):
+        raise ListFormatError(
+            f"{_where(path, lineno)}: got {len(fields)} field(s) {fields!r}; expected {len(names)}: "
+            + " ".join(f"<{n}>" for n in names)
+            + " (whitespace separated; paths cannot contain spaces)"
+        )
+
+
+def _absolute(root: PathLike, relative: str) -> str:
+    return os.path.abspath(os.path.join(os.fspath(root), relative))
+
+
+class _UniqueIds:
+    def __init__(self, path: PathLike) -> None:
+        self.path = path
+        self.seen: dict[str, int] = {}
+
+    def add(self, video_id: str, lineno: int) -> None:
+        if video_id in self.seen:
+            raise ListFormatError(
+                f"{_where(self.path, lineno)}: entry {video_id!r} duplicates line {self.seen[video_id]}; "
+                "expected every list entry to be unique"
+            )
+        self.seen[video_id] = lineno
+
+
+def trimmed_video_id(relative: str, start_text: str, end_text: str) -> str:
+    """Id of a trimmed instance: the path plus the media fragment ``#t=start,end`` as written."""
+    return f"{relative}#t={start_text},{end_text}"
+
+
+# --------------------------------------------------------------------------- list readers
+def read_video_list(
+    list_file: PathLike, root: PathLike, num_classes: Optional[int] = None, multi_label: bool = False
+) -> list[VideoRecord]:
+    """``<relative_path> <label>`` lines -> records (num_frames read later from the video)."""
+    out: list[VideoRecord] = []
+    ids = _UniqueIds(list_file)
+    for lineno, fields in _lines(list_file):
+        _check_fields(fields, ("relative_path", "label"), list_file, lineno)
+        rel, label_text = fields
+        label = _parse_label(label_text, list_file, lineno, num_classes, multi_label)
+        ids.add(rel, lineno)
+        out.append(VideoRecord(path=_absolute(root, rel), label=label, video_id=rel))
+    return out
+
+
+def read_frame_dir_list(
+    list_file: PathLike, root: PathLike, num_classes: Optional[int] = None, multi_label: bool = False
+) -> list[VideoRecord]:
+    """``<relative_dir> <num_frames> <label>`` lines -> records with ``num_frames`` set."""
+    out: list[VideoRecord] = []
+    ids = _UniqueIds(list_file)
+    for lineno, fields in _lines(list_file):
+        _check_fields(fields, ("relative_dir", "num_frames", "label"), list_file, lineno)
+        rel, n_text, label_text = fields
+        n = _parse_int(n_text, list_file, lineno, "num_frames", minimum=1)
+        label = _parse_label(label_text, list_file, lineno, num_classes, multi_label)
+        ids.add(rel, lineno)
+        out.append(VideoRecord(path=_absolute(root, rel), label=label, video_id=rel, num_frames=n))
+    return out
+
+
+def read_trimmed_list(
+    list_file: PathLike, root: PathLike, num_classes: Optional[int] = None, multi_label: bool = False
+) -> list[VideoRecord]:
+    """``<relative_path> <label> <start_s> <end_s>`` lines -> one record per trimmed instance.
+
+    The format bikebench defines for ActivityNet training instances (one line per annotated segment).
+    """
+    out: list[VideoRecord] = []
+    ids = _UniqueIds(list_file)
+    for lineno, fields in _lines(list_file):
+        _check_fields(fields, ("relative_path", "label", "start_s", "end_s"), list_file, lineno)
+        rel, label_text, s_text, e_text = fields
+        label = _parse_label(label_text, list_file, lineno, num_classes, multi_label)
+        start = _parse_seconds(s_text, list_file, lineno, "start_s")
+        end = _parse_seconds(e_text, list_file, lineno, "end_s")
+        if end <= start:
+            raise ListFormatError(
+                f"{_where(list_file, lineno)}: field 'end_s': got {e_text}; expected a time after start_s={s_text}"
+            )
+        vid = trimmed_video_id(rel, s_text, e_text)
+        ids.add(vid, lineno)
+        out.append(VideoRecord(path=_absolute(root, rel), label=label, video_id=vid, start=start, end=end))
+    return out
+
+
+def read_activitynet_train(list_file: PathLike, root: PathLike, num_classes: Optional[int] = None) -> list[VideoRecord]:
+    """ActivityNet training: trimmed instances, ``<relative_path> <label> <start_s> <end_s>``."""
+    return read_trimmed_list(list_file, root, num_classes)
+
+
+def read_activitynet_val(list_file: PathLike, root: PathLike, num_classes: Optional[int] = None) -> list[VideoRecord]:
+    """ActivityNet validation: whole (untrimmed) videos, ``<relative_path> <label>``."""
+    return read_video_list(list_file, root, num_classes)
+
+
+# --------------------------------------------------------------------------- class files
+def read_class_csv(path: PathLike) -> list[str]:
+    """CSV with header ``id,name``; ids must be 0..K-1 in order. Returns the K names."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ListFormatError(f"{path}: class file not found") from None
+    rows = list(csv.reader(text.splitlines()))
+    rows = [(i, r) for i, r in enumerate(rows, start=1) if r and any(c.strip() for c in r)]
+    if not rows:
+        raise ListFormatError(f"{path}: empty class file; expected a header `id,name` and one row per class")
+    header_line, header = rows[0]
+    if [c.strip() for c in header[:2]] != ["id", "name"]:
+        raise ListFormatError(f"{path}:{header_line}: header: got {','.join(header)!r}; expected 'id,name'")
+    names: list[str] = []
+    for lineno, row in rows[1:]:
+        if len(row) != 2:
+            raise ListFormatError(
+                f"{path}:{lineno}: got {len(row)} column(s) {row!r}; expected 2: id,name "
+                "(quote names that contain commas)"
+            )
+        idx = _parse_int(row[0].strip(), path, lineno, "id")
+        if idx != len(names):
+            raise ListFormatError(f"{path}:{lineno}: field 'id': got {idx}; expected {len(names)} (ids are 0..K-1 in order)")
+        name = row[1].strip()
+        if not name:
+            raise ListFormatError(f"{path}:{lineno}: field 'name': empty; expected a class name")
+        names.append(name)
+    if not names:
+        raise ListFormatError(f"{path}: no classes after the header")
+    return names
+
+
+def _charades_class_index(text: str, path: PathLike, lineno: int, field: str, num_classes: Optional[int]) -> int:
+    """``c077`` (or a bare ``77``) -> 77, checked against ``num_classes``."""
+    body = text[1:] if text[:1] in ("c", "C") else text
+    if not body.isdigit():
+        raise ListFormatError(f"{_where(path, lineno)}: field '{field}': got {text!r}; expected a class id like 'c077'")
+    value = int(body)
+    _check_range(value, num_classes, path, lineno, field)
+    return value
+
+
+def read_charades_classes(path: PathLike) -> list[str]:
+    """Lines ``c000 Holding some clothes`` (ids c000.. in order) -> names."""
+    names: list[str] = []
+    for lineno, fields in _lines(path):
+        if len(fields) < 2:
+            raise ListFormatError(f"{_where(path, lineno)}: got {fields!r}; expected '<cNNN> <class name>'")
+        idx = _charades_class_index(fields[0], path, lineno, "class_id", num_classes=None)
+        if idx != len(names):
+            raise ListFormatError(
+                f"{_where(path, lineno)}: field 'class_id': got {fields[0]!r}; expected c{len(names):03d} (ids in order)"
+            )
+        names.append(" ".join(fields[1:]))
+    if not names:
+        raise ListFormatError(f"{path}: no classes; expected lines '<cNNN> <class name>'")
+    return names
+
+
+def _read_csv_rows(path: PathLike, required: Sequence[str]) -> tuple[list[str], Iterator[tuple[int, dict[str, str]]]]:
+    path = Path(path)
+    try:
+        handle = path.open(newline="")
+    except FileNotFoundError:
+        raise ListFormatError(f"{path}: annotation file not found") from None
+    with handle:
+        reader = csv.DictReader(handle)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise ListFormatError(f"{path}:1: header: missing column(s) {missing}; expected columns {list(required)}")
+        rows = []
+        for row in reader:
+            clean = {(k or "").strip(): (v or "").strip() if isinstance(v, str) else "" for k, v in row.items()}
+            if not any(clean.values()):
+                continue
+            rows.append((reader.line_num, clean))
+    return header, iter(rows)
+
+
+def read_charades_train(
+    csv_file: PathLike, root: PathLike, num_classes: int = CHARADES_NUM_CLASSES, ext: str = CHARADES_VIDEO_EXT
+) -> list[VideoRecord]:
+    """CSV ``video_id,label,start_time,end_time,total_time`` -> one record per action instance.
+
+    ``label`` is ``c077`` or ``77``; the instance is cut at start/end (seconds). The video file is
+    ``<root>/<video_id><ext>``. Rows repeating an earlier row exactly (same video, class, start and
+    end) are one instance: they are collapsed and logged.
+    """
+    required = ("video_id", "label", "start_time", "end_time")
+    _, rows = _read_csv_rows(csv_file, required)
+    out: list[VideoRecord] = []
+    ids = _UniqueIds(csv_file)
+    duplicates: list[int] = []
+    for lineno, row in rows:
+        vid = row["video_id"]
+        if not vid:
+            raise ListFormatError(f"{_where(csv_file, lineno)}: field 'video_id': empty; expected a Charades id")
+        label = _charades_class_index(row["label"], csv_file, lineno, "label", num_classes)
+        start = _parse_seconds(row["start_time"], csv_file, lineno, "start_time")
+        end = _parse_seconds(row["end_time"], csv_file, lineno, "end_time")
+        if end <= start:
+            raise ListFormatError(
+                f"{_where(csv_file, lineno)}: field 'end_time': got {row['end_time']}; "
+                f"expected a time after start_time={row['start_time']}"
+            )
+        rel = vid + ext
+        key = trimmed_video_id(rel, row["start_time"], row["end_time"]) + f"&c{label:03d}"
+        if key in ids.seen:
+            duplicates.append(lineno)  # the same instance annotated twice: one sample, not two
+            continue
+        ids.add(key, lineno)
+        out.append(VideoRecord(path=_absolute(root, rel), label=label, video_id=key, start=start, end=end))
+    if duplicates:
+        _log.warning("%s: %d duplicate instance row(s) collapsed (lines %s)", csv_file, len(duplicates), duplicates[:10])
+    return out
+
+
+def read_charades_test(
+    csv_file: PathLike, root: PathLike, num_classes: int = CHARADES_NUM_CLASSES, ext: str = CHARADES_VIDEO_EXT
+) -> list[VideoRecord]:
+    """``Charades_v1_test.csv`` (columns ``id`` and ``actions``) -> one multi-label record per video.
+
+    ``actions`` = ``c077 12.10 18.00;c079 11.80 17.30`` -> label ``(77, 79)``; an empty ``actions``
+    gives an empty tuple (a video without annotated actions).
+    """
+    _, rows = _read_csv_rows(csv_file, ("id", "actions"))
+    out: list[VideoRecord] = []
+    ids = _UniqueIds(csv_file)
+    for lineno, row in rows:
+        vid = row["id"]
+        if not vid:
+            raise ListFormatError(f"{_where(csv_file, lineno)}: field 'id': empty; expected a Charades id")
+        classes: set[int] = set()
+        for item in filter(None, (a.strip() for a in row["actions"].split(";"))):
+            parts = item.split()
+            if len(parts) != 3:
+                raise ListFormatError(
+                    f"{_where(csv_file, lineno)}: field 'actions': got {item!r}; expected '<cNNN> <start> <end>'"
+                )
+            classes.add(_charades_class_index(parts[0], csv_file, lineno, "actions", num_classes))
+            _parse_seconds(parts[1], csv_file, lineno, "actions")
+            _parse_seconds(parts[2], csv_file, lineno, "actions")
+        rel = vid + ext
+        ids.add(rel, lineno)
+        out.append(VideoRecord(path=_absolute(root, rel), label=tuple(sorted(classes)), video_id=rel))
+    return out
+
+
+# --------------------------------------------------------------------------- dispatch
+def read_classes(data_cfg) -> list[str]:
+    """Class names of a dataset (``data.class_file``; Charades format for ``format: charades``)."""
+    if not data_cfg.class_file:
+        raise ListFormatError(f"data.class_file is empty; expected the class file of dataset {data_cfg.dataset!r}")
+    if data_cfg.format == "charades":
+        return read_charades_classes(data_cfg.class_file)
+    return read_class_csv(data_cfg.class_file)
+
+
+def read_dataset(data_cfg, split: str) -> tuple[list[VideoRecord], list[str]]:
+    """Records of ``split`` ("train" | "val" | "test") and the class names, per ``data_cfg.format``.
+
+    video_list:  every split is a video list.
+    frame_dir:   every split is a frame-directory list.
+    charades:    train = instance CSV (single labels), val/test = Charades_v1_test-style CSV (multi-hot).
+    activitynet: train = trimmed list ``<path> <label> <start> <end>``, val/test = untrimmed video list.
+    """
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"read_dataset: split {split!r}; expected 'train', 'val' or 'test'")
+    list_file = getattr(data_cfg, f"{split}_list")
+    if not list_file:
+        raise ListFormatError(f"data.{split}_list is not set; expected the {split} list of dataset {data_cfg.dataset!r}")
+    names = read_classes(data_cfg)
+    k = len(names)
+    root = data_cfg.root
+    fmt = data_cfg.format
+    if fmt == "video_list":
+        records = read_video_list(list_file, root, k, multi_label=data_cfg.multi_label)
+    elif fmt == "frame_dir":
+        records = read_frame_dir_list(list_file, root, k, multi_label=data_cfg.multi_label)
+    elif fmt == "charades":
+        records = read_charades_train(list_file, root, k) if split == "train" else read_charades_test(list_file, root, k)
+    elif fmt == "activitynet":
+        records = read_activitynet_train(list_file, root, k) if split == "train" else read_activitynet_val(list_file, root, k)
+    else:  # pragma: no cover - DataConfig's Literal rejects anything else
+        raise ValueError(f"data.format {fmt!r}; expected video_list, frame_dir, charades or activitynet")
+    if not records:
+        raise ListFormatError(f"{list_file}: no entries; expected at least one video")
+    return records, names
+
+
+def format_label(label: Label) -> str:
+    """Inverse of the label field: ``3`` -> ``"3"``, ``(3, 17)`` -> ``"3,17"``."""
+    if isinstance(label, tuple):
+        if not label:
+            raise ValueError("an empty multi-label tuple cannot be written to a list (no class index)")
+        return ",".join(str(v) for v in label)
+    return str(int(label))

@@ -1,0 +1,195 @@
+"""Evaluation and training protocols: few-shot selection, zero-shot class splits, tuning hold-out.
+
+* Few-shot (Table 4): K videos per class from the training list, seeded (the official code never seeds
+  this draw), repeated to keep the full dataset's iterations per epoch; the choice is written out.
+* Zero-shot, half classes: split ``s`` = sorted first ``C // 2`` of NumPy's legacy
+  ``RandomState(s).permutation(C)`` — identical to the official ``np.random.seed(s);
+  np.random.permutation(C)[:C // 2]`` without touching the global RNG.
+* Zero-shot K600: three user-supplied split files of 160 class names (or indices).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from bike.data.lists import ListFormatError, VideoRecord, format_label
+
+PathLike = Union[str, os.PathLike]
+
+
+# --------------------------------------------------------------------------- few-shot
+def _single_label(record: VideoRecord) -> int:
+    if isinstance(record.label, tuple):
+        raise ValueError(f"{record.video_id}: few-shot selection needs single-label records, got {record.label}")
+    return int(record.label)
+
+
+def few_shot_select(
+    records: Sequence[VideoRecord], shots: int, seed: int, num_classes: Optional[int] = None
+) -> list[VideoRecord]:
+    """``shots`` records per class drawn without replacement (``np.random.default_rng(seed)``).
+
+    Classes ``0..num_classes-1`` (default: every label present) must each have at least ``shots``
+    records. Output: class by class, each class's picks in list order.
+    """
+    if shots < 1:
+        raise ValueError(f"shots={shots}; expected >= 1")
+    by_class: dict[int, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        by_class[_single_label(r)].append(i)
+    classes = range(num_classes) if num_classes is not None else sorted(by_class)
+    short = {c: len(by_class.get(c, [])) for c in classes if len(by_class.get(c, [])) < shots}
+    if short:
+        listed = ", ".join(f"class {c}: {n}" for c, n in list(short.items())[:10])
+        raise ValueError(f"few-shot K={shots}: {len(short)} class(es) have fewer training videos ({listed})")
+    rng = np.random.default_rng(seed)
+    out: list[VideoRecord] = []
+    for c in classes:
+        members = by_class[c]
+        picked = np.sort(rng.choice(len(members), size=shots, replace=False))
+        out.extend(records[members[j]] for j in picked)
+    return out
+
+
+def repeat_to_length(records: Sequence[VideoRecord], target_len: int) -> list[VideoRecord]:
+    """Cycle ``records`` to exactly ``target_len`` items (each appears ``floor`` or ``ceil`` times).
+
+    Used to keep the full training set's iterations per epoch with a few-shot selection.
+    """
+    if not records:
+        raise ValueError("repeat_to_length: no records")
+    if target_len < len(records):
+        raise ValueError(f"target_len={target_len} is shorter than the {len(records)} records")
+    reps = math.ceil(target_len / len(records))
+    return (list(records) * reps)[:target_len]
+
+
+def write_video_list(records: Sequence[VideoRecord], path: PathLike, root: PathLike) -> Path:
+    """Write ``records`` as a list the readers of :mod:`bike.data.lists` read back (paths relative to ``root``).
+
+    Frame directories: ``<dir> <num_frames> <label>``; trimmed: ``<path> <label> <start> <end>``;
+    otherwise ``<path> <label>``. Multi-label labels are comma-joined. All records must be one kind.
+    """
+    kinds = {("frames" if r.num_frames is not None else "trimmed" if r.is_trimmed else "video") for r in records}
+    if len(kinds) > 1:
+        raise ValueError(f"write_video_list: records mix list formats {sorted(kinds)}")
+    lines = []
+    for r in records:
+        rel = os.path.relpath(r.path, os.path.abspath(os.fspath(root)))
+        if any(ch.isspace() for ch in rel):
+            raise ValueError(f"{r.path}: a path with whitespace cannot be written to a whitespace-separated list")
+        label = format_label(r.label)
+        if r.num_frames is not None:
+            lines.append(f"{rel} {r.num_frames} {label}")
+        elif r.is_trimmed:
+            lines.append(f"{rel} {label} {r.start!r} {r.end!r}")
+        else:
+            lines.append(f"{rel} {label}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    os.replace(tmp, path)
+    return path
+
+
+def holdout_split(
+    records: Sequence[VideoRecord], share: float, seed: int
+) -> tuple[list[VideoRecord], list[VideoRecord]]:
+    """(kept, held out): ``round(share * n_c)`` records of every class held out (seeded), list order kept.
+
+    The "tune" split of ``data.tuning_holdout``: tune on it, never on the test set. Multi-label
+    records are grouped by their label tuple.
+    """
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"share={share}; expected 0 <= share < 1")
+    by_class: dict = defaultdict(list)
+    for i, r in enumerate(records):
+        by_class[r.label].append(i)
+    rng = np.random.default_rng(seed)
+    held: set[int] = set()
+    for key in sorted(by_class, key=lambda k: (isinstance(k, tuple), k)):
+        members = by_class[key]
+        k = int(round(share * len(members)))
+        if k:
+            held.update(members[j] for j in rng.choice(len(members), size=k, replace=False))
+    kept = [r for i, r in enumerate(records) if i not in held]
+    out = [r for i, r in enumerate(records) if i in held]
+    return kept, out
+
+
+# --------------------------------------------------------------------------- zero-shot class splits
+def half_class_splits(num_classes: int, num_splits: int = 10) -> list[np.ndarray]:
+    """Split ``s``: ``sorted(RandomState(s).permutation(C)[:C // 2])`` for s = 0..num_splits-1.
+
+    Equal to the official ``np.random.seed(s); np.random.permutation(C)[:C // 2]`` (sorted), but uses
+    a private ``RandomState`` so the global NumPy RNG is left untouched.
+    """
+    if num_classes < 2:
+        raise ValueError(f"num_classes={num_classes}; expected >= 2")
+    out = []
+    for s in range(num_splits):
+        rs = np.random.RandomState(s)
+        out.append(np.sort(rs.permutation(num_classes)[: num_classes // 2]))
+    return out
+
+
+def full_class_split(num_classes: int) -> np.ndarray:
+    """All classes: ``arange(C)``."""
+    return np.arange(num_classes)
+
+
+def k600_splits(
+    files: Sequence[PathLike],
+    class_names: Optional[Sequence[str]] = None,
+    split_size: Optional[int] = None,
+) -> list[np.ndarray]:
+    """Read the K600 zero-shot split files (one class name or index per line) -> sorted index arrays.
+
+    Names are looked up in ``class_names`` (exact match, then case-insensitive); indices must be in
+    range. ``split_size`` (160 in the paper) checks every split's size when given.
+    """
+    if not files:
+        raise ValueError("k600_splits: no split files (eval.k600_split_files is empty)")
+    lookup = {n: i for i, n in enumerate(class_names or [])}
+    lower = {n.lower(): i for n, i in lookup.items()}
+    num = len(class_names) if class_names is not None else None
+    out = []
+    for f in files:
+        f = Path(f)
+        try:
+            lines = f.read_text().splitlines()
+        except FileNotFoundError:
+            raise ListFormatError(f"{f}: split file not found") from None
+        seen: dict[int, int] = {}
+        for lineno, line in enumerate(lines, start=1):
+            entry = line.strip()
+            if not entry or entry.startswith("#"):
+                continue
+            if entry.isdigit():
+                idx = int(entry)
+                if num is not None and idx >= num:
+                    raise ListFormatError(f"{f}:{lineno}: class index {idx} out of range; expected 0..{num - 1}")
+            elif entry in lookup:
+                idx = lookup[entry]
+            elif entry.lower() in lower:
+                idx = lower[entry.lower()]
+            elif class_names is None:
+                raise ListFormatError(f"{f}:{lineno}: class name {entry!r} needs the class names to resolve it")
+            else:
+                raise ListFormatError(f"{f}:{lineno}: class {entry!r} is not in the class file")
+            if idx in seen:
+                raise ListFormatError(f"{f}:{lineno}: class {entry!r} repeats line {seen[idx]}")
+            seen[idx] = lineno
+        if split_size is not None and len(seen) != split_size:
+            raise ListFormatError(f"{f}: {len(seen)} classes; expected {split_size}")
+        if not seen:
+            raise ListFormatError(f"{f}: no classes")
+        out.append(np.array(sorted(seen), dtype=np.int64))
+    return out

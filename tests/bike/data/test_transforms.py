@@ -1,0 +1,127 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bike.config import RunConfig
+from bike.data.transforms import (
+    CLIP_MEAN,
+    CLIP_STD,
+    TestTransform,
+    TrainTransform,
+    centre_crop_box,
+    grayscale,
+    normalize,
+    random_sized_crop_box,
+    short_side_size,
+    test_transform,
+    three_crop_boxes,
+    train_transform,
+)
+
+
+def denorm(x):
+    """[T,3,S,S] normalised -> 0..255."""
+    m = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    s = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (x * s + m) * 255.0
+
+
+def test_normalize_matches_clip_constants():
+    x = torch.full((1, 3, 2, 2), 255.0)
+    y = normalize(x)
+    expected = torch.tensor([(1 - m) / s for m, s in zip(CLIP_MEAN, CLIP_STD)])
+    torch.testing.assert_close(y[0, :, 0, 0], expected)
+
+
+def test_short_side_size():
+    assert short_side_size(240, 320, 256) == (256, 341)
+    assert short_side_size(320, 240, 256) == (341, 256)
+    assert short_side_size(224, 224, 336) == (336, 336)
+
+
+def test_test_transform_shapes_and_centre_crop_content():
+    # a frame whose columns encode their x position: the centre crop must hold the middle columns
+    w, h = 128, 64
+    cols = np.linspace(0, 255, w).astype(np.uint8)
+    frames = np.broadcast_to(cols[None, None, :, None], (3, h, w, 3)).copy()
+    out = TestTransform(size=32, short_side=64)(frames)
+    assert out.shape == (3, 3, 32, 32) and out.dtype == torch.float32
+    px = denorm(out)[0, 0, 0]  # first row of channel 0
+    np.testing.assert_allclose(px.numpy(), cols[48:80].astype(np.float32), atol=0.5)
+
+
+def test_three_crops_follow_the_official_layout():
+    boxes = three_crop_boxes(256, 341, 224)  # w_step = (341-224)//4 = 29, h_step = 8
+    assert boxes == {"left": (0, 0, 224, 224), "right": (0, 116, 224, 224), "centre": (16, 58, 224, 224)}
+    portrait = three_crop_boxes(341, 256, 224)
+    assert portrait["left"][:2] == (0, 0) and portrait["right"][:2] == (116, 0)
+    assert centre_crop_box(256, 341, 224) == (16, 58, 224, 224)
+    frames = np.zeros((2, 64, 128, 3), np.uint8)
+    frames[..., :64, :] = 200  # left half bright
+    left = denorm(TestTransform(32, 64, "left", crops=3)(frames))
+    right = denorm(TestTransform(32, 64, "right", crops=3)(frames))
+    assert left.mean() > 190 and right.mean() < 10
+
+
+def test_random_sized_crop_box_respects_area_and_aspect():
+    g = torch.Generator().manual_seed(0)
+    h, w = 256, 341
+    for _ in range(200):
+        top, left, bh, bw = random_sized_crop_box(h, w, (0.08, 1.0), (3 / 4, 4 / 3), g)
+        assert 0 <= top and top + bh <= h and 0 <= left and left + bw <= w
+        if bh != min(h, w) or bw != min(h, w):  # not the fallback square
+            assert 0.08 * h * w * 0.95 <= bh * bw <= h * w
+            assert 3 / 4 * 0.95 <= bw / bh <= 4 / 3 * 1.05
+    # an impossible area forces the fallback: a short-side square placed along the long side
+    top, left, bh, bw = random_sized_crop_box(h, w, (2.0, 3.0), (1.0, 1.0), g)
+    assert (bh, bw, top) == (256, 256, 0) and 0 <= left <= w - 256
+
+
+def test_train_transform_one_draw_per_clip():
+    # All frames identical -> all outputs identical (the same crop/flip/gray for every frame).
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    clip = np.repeat(frame[None], 5, axis=0)
+    tf = TrainTransform(size=32, short_side=48, grayscale_p=0.5)
+    for seed in range(10):
+        out = tf(clip, torch.Generator().manual_seed(seed))
+        assert out.shape == (5, 3, 32, 32)
+        assert torch.equal(out, out[:1].expand_as(out))
+
+
+def test_train_transform_is_reproducible_and_varies_with_the_seed():
+    clip = np.random.default_rng(1).integers(0, 256, (4, 48, 80, 3), dtype=np.uint8)
+    tf = TrainTransform(size=32, short_side=48)
+    a = tf(clip, torch.Generator().manual_seed(5))
+    b = tf(clip, torch.Generator().manual_seed(5))
+    c = tf(clip, torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_flip_and_grayscale_probabilities_are_applied():
+    clip = np.random.default_rng(2).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    full = dict(size=32, short_side=32, crop_area=(1.0, 1.0), crop_aspect=(1.0, 1.0))
+    plain = TrainTransform(**full, flip_p=0.0, grayscale_p=0.0)(clip, torch.Generator().manual_seed(0))
+    flipped = TrainTransform(**full, flip_p=1.0, grayscale_p=0.0)(clip, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(flipped, plain.flip(-1))
+    gray = denorm(TrainTransform(**full, flip_p=0.0, grayscale_p=1.0)(clip, torch.Generator().manual_seed(0)))
+    torch.testing.assert_close(gray[:, 0], gray[:, 1], atol=1e-3, rtol=0)
+    torch.testing.assert_close(gray, grayscale(denorm(plain).round()).round(), atol=1e-3, rtol=0)  # PIL-like rounding
+    flips = sum(
+        int(params["flip"])
+        for params in (TrainTransform(**full).draw(32, 32, torch.Generator().manual_seed(s)) for s in range(400))
+    )
+    assert abs(flips / 400 - 0.5) < 0.1
+
+
+def test_transforms_from_run_config():
+    cfg = RunConfig(model={"resolution": 336}, train={"flip_p": 0.25, "crop_area": (0.5, 1.0)})
+    tf = train_transform(cfg)
+    assert (tf.size, tf.short_side, tf.flip_p, tf.crop_area, tf.grayscale_p) == (336, 336, 0.25, (0.5, 1.0), 0.2)
+    te = test_transform(RunConfig(), "right", crops=3)
+    assert (te.size, te.short_side, te.position, te.crops) == (224, 256, "right", 3)
+    with pytest.raises(ValueError, match="crop position 'left' with 1 crop"):
+        TestTransform(size=16, short_side=16, position="left")(np.zeros((1, 16, 16, 3), np.uint8))
+    assert math.isclose(cfg.train.crop_aspect[0], 3 / 4)

@@ -241,7 +241,9 @@ class ClipBackbone(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
-        self._text = self._find_text_tower(model)
+        # Kept out of the module registry: the tower already lives inside ``self.model``, so registering it
+        # again would list every text weight twice in state_dict() and in checkpoints.
+        object.__setattr__(self, "_text_tower", self._find_text_tower(model))
         pre = getattr(model.visual, "preprocess_cfg", None) or {}
         self.image_mean: tuple[float, ...] = tuple(pre.get("mean", open_clip.OPENAI_DATASET_MEAN))
         self.image_std: tuple[float, ...] = tuple(pre.get("std", open_clip.OPENAI_DATASET_STD))
@@ -271,6 +273,10 @@ class ClipBackbone(nn.Module):
         if getattr(tower, "cls_emb", None) is not None:
             raise ValueError(f"{type(model).__name__}: text towers with an appended CLS embedding are not supported")
         return tower
+
+    @property
+    def _text(self) -> nn.Module:
+        return self._text_tower
 
     # ---------------------------------------------------------------- parameters
     def text_parameters(self) -> Iterable[nn.Parameter]:

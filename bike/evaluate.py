@@ -1,0 +1,89 @@
+"""Evaluate BIKE: ``python -m bike.evaluate --config run.yaml --run-dir DIR``.
+
+Weights come from ``init_from`` (a checkpoint file, or a run directory: its best checkpoint, else its
+latest); without it the pretrained CLIP is evaluated as it is (zero-shot). The protocol is
+``eval.protocol``: ``closed`` (top-1/5, mean class accuracy; video, attributes and fused), ``multi_label``
+(mAP, and the authors' running mAP beside it), ``zero_shot_full``, ``zero_shot_half`` (10 half-class
+splits, mean ± population std), ``zero_shot_k600`` (split files). Views: ``eval.clips × eval.crops``.
+
+``run(config, run_dir)`` writes ``config.yaml``, ``log.txt``, ``metrics.jsonl``, ``cache/<split>/`` and
+``result.json``, and returns the stored result when ``result.json`` already says done.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from bike.config import RunConfig
+from bike.distributed import barrier, init_distributed
+from bike.engine import runner
+from bike.engine.logging import RunLogger
+
+
+def run(
+    config: RunConfig,
+    run_dir: Path,
+    progress: Optional[bool] = None,
+    on_metrics: Optional[Callable[[dict, int], None]] = None,
+) -> dict:
+    """Evaluate ``config`` into ``run_dir`` and return the result dict (see module docstring)."""
+    from bike.engine.attributes_cache import ensure_attributes
+    from bike.engine.datasets import class_names, split_records
+    from bike.engine.eval_loop import evaluate_split
+    from bike.engine.train_loop import reseed
+
+    run_dir = Path(run_dir)
+    stored = runner.done_result(run_dir, config)
+    if stored is not None:
+        return stored
+    start = time.time()
+    info = init_distributed()
+    runner.prepare_run_dir(config, run_dir, info.is_main)
+    barrier()
+    logger = RunLogger(run_dir, is_main=info.is_main, progress=progress, on_metrics=on_metrics)
+    try:
+        split = config.eval.split
+        logger.info("evaluate %s: protocol %s on split %s, %d x %d views", config.content_hash(), config.eval.protocol,
+                    split, config.eval.clips, config.eval.crops)
+        reseed(config.seed)
+        names = class_names(config)
+        model = runner.build_model(config, names, info.device)
+        init = runner.load_init_weights(model, config, logger, info.device)
+        attrs = None
+        if config.attributes.enabled and config.eval.protocol in ("closed", "multi_label"):
+            records, _ = split_records(config, split)
+            attrs = ensure_attributes(config, run_dir, records, info.device, logger, info.rank, info.world_size)
+        out = evaluate_split(config, model, run_dir, split, info.device, logger, attributes=attrs)
+        barrier()
+        if not info.is_main:
+            return {"status": "done", "run_id": config.content_hash()}
+        metrics, counts = out
+        payload = {
+            "status": "done",
+            "run_id": config.content_hash(),
+            "stage": config.stage,
+            "split": split,
+            "protocol": config.eval.protocol,
+            "views": [config.eval.clips, config.eval.crops],
+            "init_from": str(init) if init else None,
+            "metrics": runner.split_metrics(metrics),
+            "counts": {k: counts[k] for k in ("evaluated", "skipped", "bad_files")},
+            "metric_counts": counts["per_metric"],
+            "selected_on": None,
+            "world_size": info.world_size,
+            "elapsed_s": time.time() - start,
+        }
+        logger.metrics({"kind": "final", "split": split, **payload["metrics"]}, 0)
+        return runner.write_result(run_dir, payload)
+    finally:
+        logger.close()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    return runner.cli_main(argv, "bike.evaluate", "Evaluate BIKE", run)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

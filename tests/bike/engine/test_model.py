@@ -1,0 +1,68 @@
+"""BikeModel assembly: parameter groups, stage freezing, text features of frozen/finetuned encoders."""
+
+import pytest
+import torch
+
+from bike.config import RunConfig
+from bike.engine.model import BikeModel
+
+NAMES = ["red ball", "blue square", "green cross"]
+
+
+def _cfg(**model):
+    return RunConfig.model_validate({
+        "model": {"backbone": "bike-micro", "pretrained": None, "frames": 2, "resolution": 32, "temporal_layers": 1, **model},
+        "attributes": {"enabled": True, "train": True},
+    })
+
+
+def test_groups_and_stage_freezing():
+    m = BikeModel.from_config(_cfg(), NAMES)
+    m.configure_stage("video", finetune_category_encoder=False)
+    train = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert any(n.startswith("backbone.model.visual.") for n in train)
+    assert any(n.startswith("video_branch.temporal.") for n in train) and "logit_scale.log_scale" in train
+    assert not any(n.startswith("attributes.") for n in train)
+    assert "backbone.model.token_embedding.weight" not in train  # frozen category encoder
+    assert BikeModel.is_pretrained("logit_scale.log_scale") and not BikeModel.is_pretrained("video_branch.temporal.x")
+    m.configure_stage("attributes", finetune_category_encoder=False)
+    train = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert train and all(n.startswith("attributes.heads.") or n == "logit_scale.log_scale" for n in train)
+
+
+def test_frozen_text_is_computed_once_finetuned_per_call():
+    m = BikeModel.from_config(_cfg(), NAMES)
+    m.configure_stage("video", finetune_category_encoder=False)
+    full = m.class_text()
+    assert full.cls.shape == (3, 32) and full.tokens.shape == (3, 77, 32) and not full.cls.requires_grad
+    assert m.class_text() is full  # cached
+    sub = m.class_text(torch.tensor([2, 0, 2]))
+    torch.testing.assert_close(sub.cls, full.cls[[2, 0, 2]])
+    m.configure_stage("video", finetune_category_encoder=True)
+    t = m.class_text(torch.tensor([1]))
+    assert t.cls.requires_grad and t.cls.shape == (1, 32)
+
+
+def test_forward_logits_and_weight_loading_errors():
+    m = BikeModel.from_config(_cfg(), NAMES)
+    logits = m(torch.randn(2, 2, 3, 32, 32))
+    assert logits.shape == (2, 3) and logits.abs().max() <= 1.0 + 1e-5  # unscaled, cosine-like
+    state = {k: v for k, v in m.state_dict().items() if not k.startswith("attributes.")}
+    missing = BikeModel.from_config(_cfg(), NAMES).load_weights(state, "stage1.pt")
+    assert missing and all(k.startswith("attributes.") for k in missing)
+    bad = dict(state)
+    bad["video_branch.temporal.position_embedding.weight"] = torch.zeros(3, 3)
+    with pytest.raises(ValueError, match="stage1.pt.*position_embedding"):
+        m.load_weights(bad, "stage1.pt")
+    with pytest.raises(ValueError, match="lacks"):
+        m.load_weights({}, "empty.pt")
+
+
+def test_activation_checkpointing_is_a_field():
+    m = BikeModel.from_config(_cfg(activation_checkpointing=True), NAMES)
+    assert m.backbone.model.visual.transformer.grad_checkpointing
+    m.configure_stage("video", finetune_category_encoder=False)
+    m.train()
+    logits = m(torch.randn(2, 2, 3, 32, 32, requires_grad=False))
+    logits.sum().backward()
+    assert m.backbone.model.visual.conv1.weight.grad is not None

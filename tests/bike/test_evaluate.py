@@ -1,0 +1,117 @@
+"""bike.evaluate: multi-view aggregation into caches, zero-shot protocols, multi-label mAP, bad videos, CLI."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "engine"))
+from tinyrun import make_dataset, tiny_config  # noqa: E402
+
+import bike.evaluate as evaluate_mod  # noqa: E402
+from bike.engine.caches import half_class_accuracy, read_cache, video_side_scores  # noqa: E402
+from bike.engine.zero_shot import frame_level_scores_np  # noqa: E402
+from bike.metrics import aggregate_views, mean_average_precision, topk_accuracy  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("eval_data"), per_class_train=1, per_class_val=2)
+
+
+@pytest.fixture(scope="module")
+def ml_data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("eval_ml"), per_class_train=1, per_class_val=2, multi_label=True)
+
+
+def test_multi_view_scores_stream_into_the_cache(data, tmp_path):
+    cfg = tiny_config(data, stage="eval", eval={"clips": 2, "crops": 3, "batch_size": 4})
+    res = evaluate_mod.run(cfg, tmp_path / "r", progress=False)
+    c = read_cache(tmp_path / "r" / "cache" / "val")
+    assert res["counts"] == {"evaluated": 6, "skipped": 0, "bad_files": []}
+    assert c.view_scores.shape == (6, 6, 3) and c.score_kind == "probabilities"
+    assert c.video_ids == [f"val/{n}_{j}.mp4" for n in ("red", "green", "blue") for j in range(2)]
+    # the streamed aggregation equals re-aggregating the per-view logits (float16 on disk)
+    np.testing.assert_allclose(c.video_scores, aggregate_views(c.view_scores.astype(np.float64), "softmax_mean"), atol=2e-3)
+    s, kind = video_side_scores(c, "logit_mean")
+    assert kind == "logits" and s.shape == (6, 3)
+    assert res["metrics"]["top1"] == pytest.approx(float(topk_accuracy(c.video_scores, c.labels, ks=(1,))["top1"]))
+    assert res["views"] == [2, 3] and not list((tmp_path / "r" / "cache" / "val").glob(".*"))
+
+
+def test_closed_with_untrained_attributes_fuses_at_lambda(data, tmp_path):
+    cfg = tiny_config(data, stage="eval", attributes={"enabled": True}, fusion={"lam": 0.7})
+    res = evaluate_mod.run(cfg, tmp_path / "r", progress=False)
+    c = read_cache(tmp_path / "r" / "cache" / "val")
+    assert c.attr_scores.shape == (6, 3) and c.score_kind == "logits"
+    from bike.fusion import fuse
+
+    fused = fuse(np.asarray(c.video_scores, np.float64), np.asarray(c.attr_scores, np.float64), 0.7, "softmax")
+    assert res["metrics"]["fused_top1"] == pytest.approx(float(topk_accuracy(fused, c.labels, ks=(1,))["top1"]))
+    assert res["metrics"]["top1"] == res["metrics"]["fused_top1"] and res["metrics"]["fusion_lambda"] == 0.7
+    assert (tmp_path / "r" / "cache" / "attributes.json").is_file()
+
+
+def test_zero_shot_half_frame_path_matches_the_cache(data, tmp_path):
+    cfg = tiny_config(data, stage="eval", eval={"protocol": "zero_shot_half", "zero_shot_splits": 4})
+    res = evaluate_mod.run(cfg, tmp_path / "r", progress=False)
+    c = read_cache(tmp_path / "r" / "cache" / "val")
+    assert c.frame_emb.shape == (6, 2, 32) and c.score_kind == "probabilities"
+    # full classes: the cached scores are the frame-level scores of the cached features
+    np.testing.assert_allclose(c.video_scores, frame_level_scores_np(c.frame_emb, c.class_emb), rtol=1e-5, atol=1e-6)
+    again = half_class_accuracy(c, num_splits=4, path="frame")
+    m = res["metrics"]
+    assert m["zs_half_mean"] == pytest.approx(again.top1_mean) and m["zs_half_std"] == pytest.approx(again.top1_std)
+    assert m["zs_half_std"] == pytest.approx(np.std([m[f"zs_half_split{i}"] for i in range(4)]))
+    assert "zs_full_top1" in m
+
+
+def test_zero_shot_k600_split_files(data, tmp_path):
+    split_file = tmp_path / "split1.txt"
+    split_file.write_text("red\nblue\n")
+    cfg = tiny_config(data, stage="eval", eval={"protocol": "zero_shot_k600", "zero_shot_path": "full",
+                                                "k600_split_files": [str(split_file)]})
+    res = evaluate_mod.run(cfg, tmp_path / "r", progress=False)
+    c = read_cache(tmp_path / "r" / "cache" / "val")
+    rows = np.isin(c.labels, [0, 2])
+    sub = np.asarray(c.video_scores)[rows][:, [0, 2]]
+    ref = (np.array([0, 2])[sub.argmax(1)] == c.labels[rows]).mean() * 100
+    assert res["metrics"]["zs_k600_mean"] == pytest.approx(ref) and res["metrics"]["zs_k600_std"] == 0.0
+
+
+def test_multi_label_reports_map_and_the_official_running_map(ml_data, tmp_path):
+    cfg = tiny_config(ml_data, stage="eval", eval={"protocol": "multi_label", "batch_size": 4})
+    res = evaluate_mod.run(cfg, tmp_path / "r", progress=False)
+    c = read_cache(tmp_path / "r" / "cache" / "val")
+    assert c.labels.shape == (6, 3) and c.labels.sum() == 9  # 3 videos carry two labels
+    assert res["metrics"]["mAP"] == pytest.approx(float(mean_average_precision(c.video_scores, c.labels)))
+    assert "mAP_official_running" in res["metrics"] and res["metric_counts"]["mAP"]["evaluated"] == 3
+
+
+def test_bad_videos_are_skipped_and_reported_when_asked(data, tmp_path):
+    root = tmp_path / "bad"
+    root.mkdir()
+    (root / "broken.mp4").write_bytes(b"\x00" * 100)
+    lst = root / "val.txt"
+    lst.write_text(Path(data["val_list"]).read_text() + f"{root / 'broken.mp4'} 1\n")
+    strict = tiny_config({**data, "val_list": str(lst)}, stage="eval")
+    with pytest.raises(Exception, match="broken.mp4"):
+        evaluate_mod.run(strict, tmp_path / "strict", progress=False)
+    lenient = tiny_config({**data, "val_list": str(lst), "skip_bad_eval": True}, stage="eval")
+    res = evaluate_mod.run(lenient, tmp_path / "lenient", progress=False)
+    assert res["counts"]["evaluated"] == 6 and res["counts"]["skipped"] == 1
+    assert res["counts"]["bad_files"][0].endswith("broken.mp4")
+
+
+def test_main_and_idempotence(data, tmp_path):
+    cfg = tiny_config(data, stage="eval")
+    path = tmp_path / "run.yaml"
+    path.write_text(cfg.to_yaml())
+    argv = ["--config", str(path), "--run-dir", str(tmp_path / "r")]
+    assert evaluate_mod.main(argv) == 0
+    first = json.loads((tmp_path / "r" / "result.json").read_text())
+    assert evaluate_mod.main(argv) == 0
+    assert json.loads((tmp_path / "r" / "result.json").read_text()) == first
+    assert first["run_id"] == cfg.content_hash() and first["selected_on"] is None

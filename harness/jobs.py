@@ -1,0 +1,126 @@
+"""What a submitted job runs: a registry of job kinds and the checkpointable job around them.
+
+A job kind maps to a function ``fn(config: RunConfig, run_dir: Path) -> dict`` that does the work and
+writes the run directory (``result.json`` last). The defaults are the engine's entry points,
+imported lazily inside the job (``"train" -> bike.train:run``, ``"evaluate" -> bike.evaluate:run``);
+tests and plug-ins register their own with :func:`register_job_kind` or pass a callable directly.
+
+:class:`RunJob` is a ``submitit.helpers.Checkpointable``: on a timeout or preemption signal
+submitit calls :meth:`RunJob.checkpoint`, which records ``requeued`` and resubmits the same job;
+the engine then resumes from ``run_dir/checkpoints/latest.pt``. A job whose run is already done
+returns the stored result without running again.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Union
+
+import submitit
+
+from harness.rundir import RunDir
+
+JobFn = Callable[..., Any]
+JobTarget = Union[str, JobFn]  # "module:function" or a callable
+
+DEFAULT_JOB_KINDS: dict[str, str] = {"train": "bike.train:run", "evaluate": "bike.evaluate:run"}
+_JOB_KINDS: dict[str, JobTarget] = dict(DEFAULT_JOB_KINDS)
+
+
+def register_job_kind(kind: str, target: JobTarget) -> None:
+    """Make ``kind`` run ``target`` ("module:function" or a callable ``fn(config, run_dir)``)."""
+    if not (callable(target) or (isinstance(target, str) and ":" in target)):
+        raise ValueError(f"job kind {kind!r}: got {target!r}; expected a callable or 'module:function'")
+    _JOB_KINDS[kind] = target
+
+
+def reset_job_kinds() -> None:
+    """Back to the engine's defaults."""
+    _JOB_KINDS.clear()
+    _JOB_KINDS.update(DEFAULT_JOB_KINDS)
+
+
+def job_target(kind: str) -> JobTarget:
+    """The registered target of ``kind`` (a string target is imported only inside the job)."""
+    try:
+        return _JOB_KINDS[kind]
+    except KeyError:
+        raise KeyError(f"unknown job kind {kind!r}; registered: {', '.join(sorted(_JOB_KINDS))}") from None
+
+
+def import_target(target: JobTarget) -> JobFn:
+    """``"pkg.mod:fn"`` → the function (callables pass through)."""
+    if callable(target):
+        return target
+    module, _, name = str(target).partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ImportError(f"job target {target!r} cannot be imported: {exc}") from exc
+
+
+def _job_id() -> str:
+    try:
+        return str(submitit.JobEnvironment().job_id)
+    except RuntimeError:
+        return os.environ.get("SLURM_JOB_ID", f"pid{os.getpid()}")
+
+
+def _is_rank_zero() -> bool:
+    try:
+        return submitit.JobEnvironment().global_rank == 0
+    except RuntimeError:
+        return True
+
+
+class RunJob(submitit.helpers.Checkpointable):
+    """One run as a submitit job: ``RunJob(run_dir, config_yaml, target)()`` → the result dict."""
+
+    def __init__(self, run_dir: str | Path, config_yaml: str, target: JobTarget):
+        self.run_dir = str(run_dir)
+        self.config_yaml = config_yaml
+        self.target = target
+
+    def __call__(self) -> dict[str, Any]:
+        import yaml
+
+        from bike.config import RunConfig
+
+        rd = RunDir(self.run_dir)
+        if rd.is_done():
+            return rd.result() or {}
+        lead = _is_rank_zero()
+        if lead:
+            rd.write_state("running", job_id=_job_id(), host=os.uname().nodename, pid=os.getpid())
+        try:
+            config = RunConfig.model_validate(yaml.safe_load(self.config_yaml))
+            result = import_target(self.target)(config, rd.path)
+        except SystemExit:
+            raise  # submitit's requeue exit after checkpoint(): the state already says requeued
+        except BaseException as exc:  # noqa: BLE001 - record every failure, then re-raise
+            if lead:
+                timed_out = type(exc).__name__ == "UncompletedJobError"
+                rd.write_state(
+                    "failed",
+                    job_id=_job_id(),
+                    reason="timed out too many times" if timed_out else f"{type(exc).__name__}: {exc}",
+                    error=traceback.format_exc(limit=20),
+                )
+            raise
+        if lead:
+            if not rd.result_path.exists():
+                from harness.rundir import atomic_write_json
+
+                atomic_write_json(rd.result_path, {**(result if isinstance(result, dict) else {}), "status": "done"})
+            rd.write_state("done" if rd.is_done() else "failed", job_id=_job_id(),
+                           **({} if rd.is_done() else {"reason": "result.json does not say done"}))
+        return rd.result() or {}
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """Called by submitit on timeout/preemption: mark requeued and resubmit the same job."""
+        if _is_rank_zero():
+            RunDir(self.run_dir).write_state("requeued", job_id=_job_id(), reason="timeout or preemption signal")
+        return submitit.helpers.DelayedSubmission(RunJob(self.run_dir, self.config_yaml, self.target), *args, **kwargs)

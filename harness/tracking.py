@@ -1,0 +1,313 @@
+"""MLflow bookkeeping, replayed from run directories (the source of truth) by the driver.
+
+* One experiment per spec; one parent run per (spec, scale) — reused by every invocation, found by
+  its ``bikebench.parent_key`` tag; one child run per run directory, found by its
+  ``bikebench.run_id`` tag, so re-running a command or ``bikebench sync`` never duplicates a run.
+* Params: the flattened RunConfig (values truncated to MLflow's limit). Metrics: every line of
+  ``metrics.jsonl`` (only the lines not yet logged: the count is kept in a tag), named
+  ``<kind>/<key>`` when the line has a ``kind`` (train / validate / final), and the numbers of
+  ``result.json`` (dotted: ``metrics.fused_top1``), sent with ``log_batch``; names lose characters
+  MLflow rejects (``@``).
+  Tags: run id, spec and its hash, git commit + dirty flag, scale, profile, views, protocol,
+  cluster job id. Artifacts: config.yaml, meta.json, result.json.
+* Jobs never talk to MLflow (many SLURM jobs on one SQLite file corrupt it); a job that ran while
+  MLflow was down loses nothing, since :func:`sync` replays whatever MLflow lacks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from harness.rundir import RunDir, list_run_dirs  # noqa: E402
+
+TAG_RUN_ID = "bikebench.run_id"
+TAG_PARENT_KEY = "bikebench.parent_key"
+TAG_METRIC_LINES = "bikebench.metric_lines"
+TAG_RESULT_LOGGED = "bikebench.result_logged"
+TAG_STATE = "bikebench.state"
+TAG_PARENT_RUN = "mlflow.parentRunId"
+STATUS_OF_STATE = {"done": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
+# MLflow limits (mlflow.utils.validation): kept here so that the module imports mlflow lazily.
+MAX_PARAM_VALUE = 6000
+MAX_KEY = 250
+MAX_TAG_VALUE = 8000
+MAX_PARAMS_PER_BATCH = 100
+MAX_METRICS_PER_BATCH = 1000
+_BAD_NAME = re.compile(r"[^A-Za-z0-9_\-. /]")
+
+
+def default_tracking_uri(results: str | Path) -> str:
+    """``sqlite:///<abs results>/mlflow.db``."""
+    return f"sqlite:///{(Path(results).resolve() / 'mlflow.db')}"
+
+
+def resolve_tracking_uri(uri: Optional[str], results: str | Path) -> str:
+    """``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``, else the SQLite file under results."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(results)
+
+
+def metric_name(name: str) -> str:
+    """A metric name MLflow accepts (``top@1`` → ``top_1``), at most 250 characters."""
+    return _BAD_NAME.sub("_", str(name))[:MAX_KEY]
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Nested mapping → dotted ``(key, leaf)`` pairs (lists are leaves)."""
+    for key, value in tree.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            yield from flatten(value, path)
+        else:
+            yield path, value
+
+
+def numeric_items(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:
+    """The finite-or-not numbers of a nested mapping (booleans excluded)."""
+    for key, value in flatten(tree, prefix):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield key, float(value)
+
+
+def config_params(config: Mapping[str, Any]) -> dict[str, str]:
+    """Flattened RunConfig as MLflow params: values JSON-encoded when not scalar, truncated."""
+    out = {}
+    for key, value in flatten(config):
+        text = value if isinstance(value, str) else json.dumps(value)
+        out[key[:MAX_KEY]] = text[:MAX_PARAM_VALUE]
+    return out
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _file_sha(path: Optional[str]) -> Optional[str]:
+    try:
+        return hashlib.sha256(Path(str(path)).read_bytes()).hexdigest()[:12]
+    except (OSError, TypeError):
+        return None
+
+
+@dataclass
+class SyncReport:
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # run dirs with no spec to log them under
+
+    def __str__(self) -> str:
+        return (f"{len(self.created)} created, {len(self.updated)} updated, "
+                f"{len(self.unchanged)} unchanged, {len(self.skipped)} without a spec")
+
+
+class Tracker:
+    """An MLflow client bound to one results directory."""
+
+    def __init__(self, results: str | Path, tracking_uri: Optional[str] = None):
+        from mlflow.tracking import MlflowClient
+
+        self.results = Path(results).resolve()
+        self.results.mkdir(parents=True, exist_ok=True)
+        self.uri = resolve_tracking_uri(tracking_uri, self.results)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self._experiments: dict[str, str] = {}
+        self._children: dict[str, dict[str, Any]] = {}  # experiment id -> {run_id tag: mlflow Run}
+
+    # -------------------------------------------------------------- experiments and parents
+    def artifact_location(self, experiment: str) -> Optional[str]:
+        """Absolute ``<results>/mlartifacts/<experiment>`` for local stores; servers choose their own."""
+        if self.uri.startswith(("http://", "https://", "databricks")):
+            return None
+        return (self.results / "mlartifacts" / experiment).as_uri()
+
+    def experiment_id(self, name: str) -> str:
+        if name not in self._experiments:
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                exp_id = self.client.create_experiment(name, artifact_location=self.artifact_location(name))
+            else:
+                exp_id = exp.experiment_id
+            self._experiments[name] = exp_id
+        return self._experiments[name]
+
+    def parent_run(self, spec: str, scale: str, tags: Optional[Mapping[str, str]] = None) -> str:
+        """The parent run of (spec, scale), created on first use; its MLflow run id."""
+        exp_id = self.experiment_id(spec)
+        key = f"{spec}:{scale}"
+        found = self.client.search_runs([exp_id], filter_string=f"tags.`{TAG_PARENT_KEY}` = '{key}'", max_results=1)
+        if found:
+            return found[0].info.run_id
+        run = self.client.create_run(
+            exp_id, run_name=f"{spec} ({scale})",
+            tags={TAG_PARENT_KEY: key, "bikebench.spec": spec, "bikebench.scale": scale, **dict(tags or {})},
+        )
+        return run.info.run_id
+
+    def children(self, experiment_id: str) -> dict[str, Any]:
+        """Child runs of an experiment by their ``bikebench.run_id`` tag (one search per experiment)."""
+        if experiment_id not in self._children:
+            found: dict[str, Any] = {}
+            token = None
+            while True:
+                page = self.client.search_runs(
+                    [experiment_id], filter_string=f"tags.`{TAG_RUN_ID}` != ''", max_results=1000, page_token=token
+                )
+                for run in page:
+                    found.setdefault(run.data.tags[TAG_RUN_ID], run)
+                token = page.token
+                if not token:
+                    break
+            self._children[experiment_id] = found
+        return self._children[experiment_id]
+
+    # -------------------------------------------------------------- one run directory
+    def log_run_dir(self, rd: RunDir, spec: str, variant: str, scale: str, parent_id: Optional[str] = None) -> str:
+        """Create or update the child run of ``rd`` under (spec, scale); returns created/updated/unchanged."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        exp_id = self.experiment_id(spec)
+        parent_id = parent_id or self.parent_run(spec, scale)
+        children = self.children(exp_id)
+        meta = rd.read_meta() or {}
+        state = rd.state()
+        existing = children.get(rd.run_id)
+        outcome = "unchanged"
+        if existing is None:
+            config = _read_yaml(rd.config_path)
+            run = self.client.create_run(exp_id, run_name=f"{variant} [{rd.run_id}]", tags=self._tags(rd, meta, config, spec, variant, scale, parent_id))
+            params = [Param(k, v) for k, v in config_params(config).items()]
+            for chunk in _chunks(params, MAX_PARAMS_PER_BATCH):
+                self.client.log_batch(run.info.run_id, params=list(chunk))
+            for name in ("config.yaml", "meta.json"):
+                if (rd.path / name).exists():
+                    self.client.log_artifact(run.info.run_id, str(rd.path / name))
+            run_id, tags = run.info.run_id, dict(run.data.tags)
+            outcome = "created"
+        else:
+            run_id, tags = existing.info.run_id, dict(existing.data.tags)
+
+        # metrics.jsonl: only the lines not logged yet
+        rows = list(rd.metrics())
+        done_lines = int(tags.get(TAG_METRIC_LINES, "0") or 0)
+        metrics = []
+        now = int(time.time() * 1000)
+        for index, row in enumerate(rows[done_lines:], start=done_lines):
+            step = row.get("step", index)
+            step = int(step) if isinstance(step, (int, float)) and not isinstance(step, bool) else index
+            stamp = row.get("time")
+            ts = int(float(stamp) * 1000) if isinstance(stamp, (int, float)) and not isinstance(stamp, bool) else now
+            kind = row.get("kind")
+            prefix = f"{kind}/" if isinstance(kind, str) and kind else ""
+            for key, value in numeric_items(row):
+                if key in ("step", "time"):
+                    continue
+                metrics.append(Metric(metric_name(prefix + key), value, ts, step))
+        new_tags = [RunTag(TAG_METRIC_LINES, str(len(rows)))] if len(rows) != done_lines else []
+        result = rd.result() if state == "done" else None
+        if result is not None and tags.get(TAG_RESULT_LOGGED) != "1":
+            last_step = max((m.step for m in metrics), default=len(rows))
+            for key, value in numeric_items(result):
+                metrics.append(Metric(metric_name(key), value, now, last_step))
+            new_tags.append(RunTag(TAG_RESULT_LOGGED, "1"))
+            self.client.log_artifact(run_id, str(rd.result_path))
+        sub = rd.last_submission() or {}
+        if sub.get("job_id") and tags.get("bikebench.job_id") != str(sub["job_id"]):
+            new_tags += [RunTag("bikebench.job_id", str(sub["job_id"])), RunTag("bikebench.cluster", str(sub.get("cluster", "")))]
+        if tags.get(TAG_STATE) != state:
+            new_tags.append(RunTag(TAG_STATE, state))
+        for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=list(chunk))
+        if new_tags:
+            self.client.log_batch(run_id, tags=new_tags)
+        if state in STATUS_OF_STATE and tags.get(TAG_STATE) != state:
+            self.client.set_terminated(run_id, status=STATUS_OF_STATE[state])
+        if outcome == "unchanged" and (metrics or new_tags):
+            outcome = "updated"
+        if outcome != "unchanged":
+            children[rd.run_id] = self.client.get_run(run_id)
+        return outcome
+
+    def _tags(self, rd: RunDir, meta: Mapping[str, Any], config: Mapping[str, Any], spec: str, variant: str,
+              scale: str, parent_id: str) -> dict[str, str]:
+        code = meta.get("code") or {}
+        ev = config.get("eval", {}) if isinstance(config, Mapping) else {}
+        tags = {
+            TAG_RUN_ID: rd.run_id,
+            TAG_PARENT_RUN: parent_id,
+            "bikebench.spec": spec,
+            "bikebench.variant": variant,
+            "bikebench.scale": scale,
+            "bikebench.stage": str(config.get("stage", "")),
+            "bikebench.profile": str(config.get("profile", "")),
+            "bikebench.protocol": str(ev.get("protocol", "")),
+            "bikebench.views": f"{ev.get('clips', 1)}x{ev.get('crops', 1)}",
+            "bikebench.backbone": str(config.get("model", {}).get("backbone", "")),
+            "mlflow.source.git.commit": str(code.get("commit") or ""),
+            "bikebench.git_dirty": str(code.get("dirty")),
+        }
+        spec_sha = _file_sha(meta.get("spec_path"))
+        if spec_sha:
+            tags["bikebench.spec_sha"] = spec_sha
+        return {k[:MAX_KEY]: v[:MAX_TAG_VALUE] for k, v in tags.items()}
+
+    # -------------------------------------------------------------- many runs
+    def log_plan_runs(self, entries: Iterable[tuple[RunDir, str, str, str]]) -> SyncReport:
+        """Log ``(run_dir, spec, variant, scale)`` entries; one parent per (spec, scale)."""
+        report = SyncReport()
+        parents: dict[tuple[str, str], str] = {}
+        seen: set[tuple[str, str, str]] = set()
+        for rd, spec, variant, scale in entries:
+            if (rd.run_id, spec, scale) in seen:
+                continue
+            seen.add((rd.run_id, spec, scale))
+            if (spec, scale) not in parents:
+                parents[(spec, scale)] = self.parent_run(spec, scale)
+            outcome = self.log_run_dir(rd, spec, variant, scale, parents[(spec, scale)])
+            getattr(report, outcome).append(rd.run_id)
+        return report
+
+    def log_parent_artifacts(self, spec: str, scale: str, paths: Iterable[str | Path]) -> str:
+        """Attach files (tables, results) to the parent run of (spec, scale); its MLflow id."""
+        parent = self.parent_run(spec, scale)
+        for path in paths:
+            if Path(path).exists():
+                self.client.log_artifact(parent, str(path))
+        return parent
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def sync(results: str | Path, tracking_uri: Optional[str] = None) -> SyncReport:
+    """Replay every run directory into MLflow: creates what is missing, appends what is new."""
+    tracker = Tracker(results, tracking_uri)
+    entries = []
+    report = SyncReport()
+    for rd in list_run_dirs(results):
+        meta = rd.read_meta() or {}
+        requested = meta.get("requested_by") or []
+        if not requested:
+            report.skipped.append(rd.run_id)
+            continue
+        for req in requested:
+            entries.append((rd, str(req.get("spec")), str(req.get("variant")), str(req.get("scale", meta.get("scale", "")))))
+    logged = tracker.log_plan_runs(entries)
+    logged.skipped = report.skipped
+    return logged

@@ -1,0 +1,130 @@
+"""The ``bikebench`` command line: run (dry and real), status, sync, errors, delegation."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import cloudpickle
+import pytest
+import yaml
+
+from harness.cli import main
+from harness.jobs import register_job_kind, reset_job_kinds
+from harness.tracking import default_tracking_uri
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def engine(config, run_dir):
+    """Stand-in for bike.train.run: writes result.json with a metric under "metrics"."""
+    result = {"status": "done", "run_id": config.content_hash(), "metrics": {"video_top1": float(config.model.frames)}}
+    (Path(run_dir) / "result.json").write_text(json.dumps(result))
+    return result
+
+
+@pytest.fixture
+def spec_file(tmp_path):
+    body = {"name": "clidemo", "family": "general",
+            "dataset": {"name": "k400", "root": "/d", "val_list": "/d/val.txt", "class_file": "/d/c.csv"},
+            "resources": {"full": {"timeout_min": 2}},
+            "variants": {"a": {"set": {"model.frames": 2}, "cells": [{"table": "6a", "row": "vcs", "column": "top1", "metric": "video_top1"}]},
+                         "b": {"stage": "attributes", "init_from": {"variant": "a"}}}}
+    path = tmp_path / "clidemo.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+@pytest.fixture
+def fake_engine_kinds():
+    register_job_kind("train", engine)
+    yield
+    reset_job_kinds()
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(spec_file, tmp_path, capsys):
+    results = tmp_path / "results"
+    code = main(["run", str(spec_file), "--scale", "full", "--executor", "slurm", "--dry-run", "--results", str(results),
+                 "--partition", "gpu", "--sbatch", "reservation=r1", "train.epochs=3"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "wave 0" in out and "wave 1" in out and "'partition': 'gpu'" in out and "'reservation': 'r1'" in out
+    assert "afterok" in out and "clidemo.a" in out and "clidemo.b" in out
+    assert not results.exists() or not (results / "runs").exists()
+
+
+def test_invalid_spec_exits_2_naming_file_field_and_value(spec_file, tmp_path, capsys):
+    code = main(["run", str(spec_file), "--scale", "full", "--dry-run", "--results", str(tmp_path), "model.interaction=avg"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "model.interaction: got 'avg'" in err and "'mean'" in err and str(spec_file) in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nfamily: general\nvariants: {a: {set: {model.frames: zero}}}\n")
+    assert main(["run", str(bad), "--dry-run", "--scale", "full", "--results", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "variants.a.set.model.frames: got 'zero'" in err
+
+
+def test_executor_must_be_named_from_the_choices(spec_file):
+    with pytest.raises(SystemExit):
+        main(["run", str(spec_file), "--executor", "auto"])
+
+
+def test_run_status_and_sync(spec_file, tmp_path, capsys, fake_engine_kinds):
+    results = tmp_path / "results"
+    common = ["--results", str(results)]
+    assert main(["status", str(spec_file), "--scale", "full", *common]) == 0
+    assert capsys.readouterr().out.count("pending") >= 2
+    code = main(["run", str(spec_file), "--scale", "full", "--executor", "local", "--parallelism", "2", "--poll", "0.1",
+                 "--no-track", *common])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "6a/vcs/top1: 2.00" in out
+    assert main(["status", *common]) == 0
+    out = capsys.readouterr().out
+    assert out.count(" done ") == 2 and "clidemo.a" in out and "local:" in out and "2 done" in out
+    uri = default_tracking_uri(results)
+    assert main(["sync", *common]) == 0
+    assert "2 created" in capsys.readouterr().out
+    assert main(["sync", *common]) == 0
+    assert "0 created" in capsys.readouterr().out
+    assert main(["mlflow-uri", *common]) == 0
+    assert capsys.readouterr().out.strip() == uri
+
+
+def test_world_build_calls_bike_world(monkeypatch, tmp_path, capsys):
+    import bike.world
+
+    seen = {}
+
+    def build_world(root, size="default", seed=0):
+        seen.update(root=root, size=size, seed=seed)
+        return type("Info", (), {"checkpoint": root / "clip.pt"})()
+
+    monkeypatch.setattr(bike.world, "build_world", build_world, raising=False)
+    assert main(["world", "build", "--size", "test", "--root", str(tmp_path / "w"), "--seed", "3"]) == 0
+    assert seen == {"root": (tmp_path / "w").resolve(), "size": "test", "seed": 3}
+    assert "clip.pt" in capsys.readouterr().out
+
+
+def test_check_delegates_to_harness_check(tmp_path, capsys):
+    pytest.importorskip("harness.check")
+    res = tmp_path / "res.json"
+    res.write_text(json.dumps([{"table": "6a", "row": "mean_pool", "column": "top1", "value": 76.8, "scale": "full"}]))
+    code = main(["check", "--results", str(res), "--against", "paper", "--allow-missing"])
+    out = capsys.readouterr().out
+    assert code == 0 and "6a" in out
+
+
+def test_table6_dry_run_at_full_scale(tmp_path, capsys):
+    assert main(["table6", "--scale", "full", "--executor", "slurm", "--dry-run", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count(" dry-run ") == 23 and "table6.bike" in out and "table6.l14_multiview" in out
+    assert "'gpus_per_node': 8" in out and "afterok" in out
+
+
+def test_status_at_smoke_scale_does_not_build_the_world(spec_file, tmp_path, capsys):
+    code = main(["status", str(spec_file), "--scale", "smoke", "--results", str(tmp_path), "--world-root", str(tmp_path / "none")])
+    assert code == 2 and "not built" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()

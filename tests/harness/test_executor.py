@@ -1,0 +1,300 @@
+"""The runner with real submitit jobs: local (subprocesses), debug (in process) and SLURM (when up).
+
+The job function here stands in for the engine: it checkpoints its progress to
+``run_dir/checkpoints/latest.json`` after every step and resumes from it, appends ``metrics.jsonl``
+lines and writes ``result.json`` last, so resume, requeue and skip behaviour can be checked end to end.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cloudpickle
+import pytest
+import submitit
+import yaml
+
+from harness.executor import (
+    Runner,
+    local_parameters,
+    make_executor,
+    parse_slurm_time,
+    recorded_job_state,
+    run_status,
+    signal_delay,
+    slurm_parameters,
+)
+from harness.expand import expand
+from harness.jobs import RunJob, import_target, job_target, register_job_kind, reset_job_kinds
+from harness.rundir import RunDir
+from harness.spec import ResourceSpec, SlurmSpec, load_spec
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # jobs unpickle this module's functions by value
+
+
+def fake_engine(config, run_dir, steps: int = 3, sleep_s: float = 0.0, fail_marker: str = "",
+                resumed_sleep_s: float | None = None) -> dict:
+    """A resumable stand-in for bike.train.run / bike.evaluate.run (``resumed_sleep_s``: step time
+    after a resume, so that a first attempt outlasts its time limit and a resumed one does not)."""
+    run_dir = Path(run_dir)
+    ckpt = run_dir / "checkpoints" / "latest.json"
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    start = json.loads(ckpt.read_text())["step"] if ckpt.exists() else 0
+    with open(run_dir / "calls.log", "a") as log:
+        log.write(f"start {start}\n")
+    if config.init_from:  # a dependency must be finished before its dependant starts
+        assert (Path(config.init_from) / "result.json").exists(), "dependency not finished"
+    if start > 0 and resumed_sleep_s is not None:
+        sleep_s = resumed_sleep_s
+    for step in range(start, steps):
+        time.sleep(sleep_s)
+        if fail_marker and Path(fail_marker).exists() and step == 1:
+            raise RuntimeError("simulated crash mid-run")
+        with open(run_dir / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps({"step": step + 1, "loss": 1.0 / (step + 1)}) + "\n")
+        ckpt.write_text(json.dumps({"step": step + 1}))
+    result = {"status": "done", "video_top1": 40.0 + config.model.frames, "steps": steps}
+    (run_dir / "result.json").write_text(json.dumps(result))
+    with open(run_dir / "calls.log", "a") as log:
+        log.write("finish\n")
+    return result
+
+
+def write_spec(path: Path, variants: dict, resources: dict | None = None) -> Path:
+    body = {"name": "sweep", "family": "general",
+            "dataset": {"name": "k400", "root": "/d", "val_list": "/d/val.txt", "class_file": "/d/c.csv"},
+            "variants": variants}
+    if resources:
+        body["resources"] = resources
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+def runs_by_variant(plan):
+    return {run.requested_by[0][1]: run for run in plan.runs}
+
+
+def calls(run) -> list[str]:
+    path = Path(run.run_dir) / "calls.log"
+    return path.read_text().split("\n")[:-1] if path.exists() else []
+
+
+SWEEP = {
+    "a": {"set": {"model.frames": 2}},
+    "b": {"set": {"model.frames": 4}},
+    "c": {"set": {"model.frames": 6}},
+    "d": {"stage": "attributes", "init_from": {"variant": "b"}},
+}
+FAST = {"full": {"timeout_min": 2}}
+
+
+def test_local_sweep_runs_in_order_then_skips_done(tmp_path):
+    plan = expand(load_spec(write_spec(tmp_path / "s.yaml", SWEEP, FAST)), "full", tmp_path / "r")
+    engine = functools.partial(fake_engine, steps=2)
+    runner = Runner(tmp_path / "r", "local", job_targets={"train": engine}, parallelism=3, poll_s=0.1, log=lambda m: None)
+    outcomes = runner.execute(plan)
+    assert {o.state for o in outcomes.values()} == {"done"}
+    assert all(o.action == "submitted" for o in outcomes.values())
+    by = runs_by_variant(plan)
+    for run in plan.runs:
+        rd = RunDir(run.run_dir)
+        assert rd.is_done() and rd.state() == "done"
+        assert rd.last_submission()["cluster"] == "local"
+        assert [h["state"] for h in rd.read_state()["history"]] == ["pending", "running", "done"]
+    assert RunDir(by["a"].run_dir).result()["video_top1"] == 42.0
+    # one job array of 3 (a, b, c) in wave 0, then d in wave 1; one folder per invocation
+    assert [(s.wave, len(s.run_ids)) for s in runner.submissions] == [(0, 3), (1, 1)]
+    folders = {RunDir(r.run_dir).last_submission()["folder"] for r in plan.runs}
+    assert len(folders) == 1 and runner.folder is not None and str(runner.folder) in folders
+
+    again = Runner(tmp_path / "r", "local", job_targets={"train": engine}, poll_s=0.1, log=lambda m: None)
+    outcomes2 = again.execute(plan)
+    assert {o.action for o in outcomes2.values()} == {"skipped-done"}
+    assert again.submissions == []
+    assert all(calls(r) == ["start 0", "finish"] for r in plan.runs)  # nothing ran twice
+
+
+def test_crash_mid_sweep_keeps_finished_runs_and_rerun_resumes(tmp_path):
+    marker = tmp_path / "crash"
+    marker.touch()
+    variants = {
+        "ok": {"set": {"model.frames": 2}},
+        "crashy": {"set": {"model.frames": 4, "seed": 7}},
+        "after": {"stage": "attributes", "init_from": {"variant": "crashy"}},
+    }
+    plan = expand(load_spec(write_spec(tmp_path / "s.yaml", variants, FAST)), "full", tmp_path / "r")
+    by = runs_by_variant(plan)
+
+    def target(config, run_dir):
+        return fake_engine(config, run_dir, steps=3, fail_marker=str(marker) if config.seed == 7 else "")
+
+    logs: list[str] = []
+    runner = Runner(tmp_path / "r", "local", job_targets={"train": target}, parallelism=2, poll_s=0.1, log=logs.append)
+    out = runner.execute(plan)
+    assert out[by["ok"].run_id].state == "done"
+    assert out[by["crashy"].run_id].state == "failed"
+    assert "simulated crash" in RunDir(by["crashy"].run_dir).read_state()["reason"]
+    assert out[by["after"].run_id].state == "pending" and out[by["after"].run_id].action == "blocked"
+    assert calls(by["after"]) == []
+    assert run_status(RunDir(by["crashy"].run_dir)) == "failed"
+
+    marker.unlink()
+    out2 = Runner(tmp_path / "r", "local", job_targets={"train": target}, poll_s=0.1, log=logs.append).execute(plan)
+    assert out2[by["ok"].run_id].action == "skipped-done"
+    assert {o.state for o in out2.values()} == {"done"}
+    assert calls(by["ok"]) == ["start 0", "finish"]
+    assert calls(by["crashy"]) == ["start 0", "start 1", "finish"]  # resumed from its checkpoint
+    steps = [m["step"] for m in RunDir(by["crashy"].run_dir).metrics()]
+    assert steps == [1, 2, 3]
+
+
+def test_timeout_checkpoints_requeues_and_finishes_once(tmp_path):
+    """A real local timeout: the job gets the checkpoint signal, is requeued, resumes and ends once."""
+    # the checkpoint signal comes 4 s after each (re)start; a first attempt needs 15 s, a resumed one ~0 s
+    resources = {"full": {"timeout_min": 8 / 60, "signal_delay_s": 4, "max_num_timeout": 5}}
+    plan = expand(load_spec(write_spec(tmp_path / "s.yaml", {"slow": {}}, resources)), "full", tmp_path / "r")
+    run = plan.runs[0]
+    steps = 60
+    target = functools.partial(fake_engine, steps=steps, sleep_s=0.25, resumed_sleep_s=0.0)
+    out = Runner(tmp_path / "r", "local", job_targets={"train": target}, poll_s=0.2, log=lambda m: None).execute(plan)
+    assert out[run.run_id].state == "done"
+    log = calls(run)
+    assert log[0] == "start 0" and log[-1] == "finish" and log.count("finish") == 1
+    resumed = [int(line.split()[1]) for line in log if line.startswith("start")][1:]
+    assert resumed and all(step > 0 for step in resumed)  # later attempts resumed from the checkpoint
+    states = [h["state"] for h in RunDir(run.run_dir).read_state()["history"]]
+    assert "requeued" in states and states[-1] == "done"
+    assert RunDir(run.run_dir).read_state()["attempts"] == len(resumed) + 1
+    assert [m["step"] for m in RunDir(run.run_dir).metrics()] == list(range(1, steps + 1))
+
+
+def test_debug_executor_runs_in_process(tmp_path):
+    plan = expand(load_spec(write_spec(tmp_path / "s.yaml", SWEEP, FAST)), "full", tmp_path / "r")
+    seen: list[str] = []
+
+    def target(config, run_dir):
+        seen.append(Path(run_dir).name)  # a closure over this process's list: only works in-process
+        return fake_engine(config, run_dir, steps=1)
+
+    out = Runner(tmp_path / "r", "debug", job_targets={"train": target}, log=lambda m: None).execute(plan)
+    assert {o.state for o in out.values()} == {"done"}
+    assert seen == [r.run_id for r in plan.runs]
+
+
+def test_dry_run_submits_nothing_and_groups_arrays(tmp_path):
+    plan = expand(load_spec(write_spec(tmp_path / "s.yaml", SWEEP, FAST)), "full", tmp_path / "r")
+    runner = Runner(tmp_path / "r", "slurm", log=lambda m: None)
+    out = runner.execute(plan, dry_run=True)
+    assert {o.action for o in out.values()} == {"dry-run"}
+    assert not (tmp_path / "r" / "runs").exists()
+    assert [(s.wave, len(s.run_ids)) for s in runner.submissions] == [(0, 3), (1, 1)]
+    assert "dependency" not in runner.submissions[0].parameters
+    b = runs_by_variant(plan)["b"].run_id
+    assert runner.submissions[1].parameters["dependency"] == f"afterok:<{b}>"
+
+
+def test_slurm_and_local_parameters():
+    res = ResourceSpec(timeout_min=90.5, max_num_timeout=2,
+                       slurm=SlurmSpec(partition="gpu", gpus_per_node=8, tasks_per_node=8, cpus_per_task=10, mem="400G",
+                                       account="acc", qos="high", array_parallelism=4, additional={"reservation": "r1"}))
+    p = slurm_parameters(res, "bike-x", dependency=["12_0", "13"])
+    assert p["time"] == 91 and p["partition"] == "gpu" and p["ntasks_per_node"] == 8 and p["array_parallelism"] == 4
+    assert p["dependency"] == "afterok:12_0:13"
+    assert p["additional_parameters"] == {"reservation": "r1", "kill_on_invalid_dep": "yes"}
+    assert p["signal_delay_s"] == 120
+    assert slurm_parameters(ResourceSpec(timeout_min=60, slurm=SlurmSpec(time="1-02:00:00")), "x")["time"] == 26 * 60
+    assert [parse_slurm_time(t) for t in (30, "45", "01:30", "02:00:30", "2-0")] == [30, 45, 2, 121, 2880]
+    assert signal_delay(ResourceSpec(timeout_min=0.1)) == 1
+    assert local_parameters(ResourceSpec(timeout_min=0.5))["timeout_min"] == 0.5
+    with pytest.raises(ValueError, match="timeout_min"):
+        local_parameters(ResourceSpec())
+    ex = make_executor("slurm", Path("/tmp/never-used/%j"), res, p)
+    assert type(ex) is submitit.SlurmExecutor  # named explicitly, never AutoExecutor
+    text = ex._make_submission_file_text("python -m x", "uid")
+    for line in ("--dependency=afterok:12_0:13", "--time=91", "--partition=gpu", "--reservation=r1",
+                 "--kill-on-invalid-dep=yes", "--signal=USR2@120", "--account=acc", "--qos=high", "--mem=400G"):
+        assert line in text
+    with pytest.raises(ValueError, match="expected one of"):
+        Runner("/tmp/x", "auto")
+
+
+def test_job_kind_registry_and_run_job_skips_done(tmp_path):
+    assert job_target("train") == "bike.train:run" and job_target("evaluate") == "bike.evaluate:run"
+    register_job_kind("custom", "json:dumps")
+    try:
+        assert import_target(job_target("custom")) is json.dumps
+        with pytest.raises(KeyError, match="unknown job kind"):
+            job_target("nope")
+        with pytest.raises(ImportError, match="cannot be imported"):
+            import_target("no_such_module_xyz:run")
+    finally:
+        reset_job_kinds()
+    assert pytest.raises(KeyError, job_target, "custom")
+    rd = RunDir(tmp_path / "run")
+    rd.path.mkdir()
+    (rd.path / "result.json").write_text(json.dumps({"status": "done", "x": 1}))
+    assert RunJob(rd.path, "name: a\n", lambda c, d: pytest.fail("must not run"))() == {"status": "done", "x": 1}
+
+
+def test_status_reads_dead_local_jobs_as_failed(tmp_path):
+    rd = RunDir(tmp_path / "run")
+    rd.prepare("name: a\n", {})
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    rd.record_submission("local", str(proc.pid), tmp_path)
+    rd.write_state("running", job_id=str(proc.pid))
+    assert recorded_job_state(rd) == "gone"
+    assert run_status(rd) == "failed"
+    rd.record_submission("slurm", "77", tmp_path)
+    assert run_status(rd, sacct=lambda ids: {"77": "CANCELLED"}) == "cancelled"
+    assert run_status(rd, sacct=lambda ids: {"77": "RUNNING"}) == "running"
+
+
+def _slurm_up() -> bool:
+    try:
+        return subprocess.run(["scontrol", "ping"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(not _slurm_up(), reason="no live SLURM controller (`scontrol ping` failed)")
+def test_slurm_array_with_afterok_dependency(tmp_path):
+    variants = {"a": {"set": {"model.frames": 2}}, "b": {"stage": "attributes", "init_from": {"variant": "a"}}}
+    resources = {"full": {"timeout_min": 5, "slurm": {"cpus_per_task": 1}}}
+    plan = expand(load_spec(write_spec(tmp_path / "s.yaml", variants, resources)), "full", tmp_path / "r")
+    engine = functools.partial(fake_engine, steps=1)
+    runner = Runner(tmp_path / "r", "slurm", job_targets={"train": engine}, poll_s=1.0, log=lambda m: None)
+    out = runner.execute(plan)
+    assert {o.state for o in out.values()} == {"done"}, out
+    assert runner.submissions[1].parameters["dependency"].startswith("afterok:")
+    assert all(RunDir(r.run_dir).last_submission()["cluster"] == "slurm" for r in plan.runs)
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(not _slurm_up(), reason="no live SLURM controller (`scontrol ping` failed)")
+def test_slurm_cancelled_job_reads_cancelled(tmp_path):
+    import threading
+
+    plan = expand(load_spec(write_spec(tmp_path / "s.yaml", {"long": {}}, {"full": {"timeout_min": 5}})), "full", tmp_path / "r")
+    run = plan.runs[0]
+    engine = functools.partial(fake_engine, steps=600, sleep_s=0.1)
+    runner = Runner(tmp_path / "r", "slurm", job_targets={"train": engine}, poll_s=0.5, log=lambda m: None)
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.update(out=runner.execute(plan)))
+    thread.start()
+    rd = RunDir(run.run_dir)
+    deadline = time.time() + 60
+    while rd.read_state().get("state") != "running" and time.time() < deadline:
+        time.sleep(0.5)
+    job_id = rd.last_submission()["job_id"]
+    subprocess.run(["scancel", job_id], check=True)
+    thread.join(timeout=90)
+    assert not thread.is_alive()
+    assert box["out"][run.run_id].state == "cancelled"
+    assert run_status(rd) == "cancelled" and rd.state() == "cancelled"

@@ -13,8 +13,11 @@ returns the stored result without running again.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import signal
+import threading
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Union
@@ -76,6 +79,75 @@ def _is_rank_zero() -> bool:
         return True
 
 
+#: Seconds the engine gets, after a timeout/preemption signal, to reach the next optimiser step and
+#: write ``latest.pt`` before submitit's own handler requeues the job anyway (SLURM signals 90 s early).
+PREEMPT_GRACE_S = float(os.environ.get("BIKEBENCH_PREEMPT_GRACE_S", "45"))
+
+
+def _preempt_signal() -> int:
+    """The signal submitit requeues on (SIGUSR2 unless ``SUBMITIT_PREEMPT_SIGNAL`` says otherwise)."""
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+    return int(getattr(signal, f"SIG{name}", signal.SIGUSR2))
+
+
+class _Preemption:
+    """Routes the requeue signal (SIGUSR2) to the engine first, then to submitit.
+
+    On the signal the engine is asked to stop (:func:`bike.engine.train_loop.request_stop`): at the next
+    optimiser step it writes ``checkpoints/latest.pt`` and raises ``Preempted``, so no step done since the
+    last epoch end is lost. The job then hands the signal to submitit's handler (checkpoint → requeue →
+    exit). If the engine is not in a training loop (evaluation), submitit's handler runs after
+    ``grace_s`` seconds regardless.
+    """
+
+    def __init__(self, grace_s: float = PREEMPT_GRACE_S):
+        self.grace_s = grace_s
+        self.original: Any = None
+        self.timer: threading.Timer | None = None
+        self.signalled = False
+        self.sig = _preempt_signal()
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.signalled = True
+        try:
+            from bike.engine.train_loop import request_stop
+
+            request_stop()
+        except ImportError:  # a plug-in job without the engine: submitit's handler at once
+            self.hand_over()
+            return
+        signal.signal(self.sig, self.original)  # a second signal goes straight to submitit
+        self.timer = threading.Timer(self.grace_s, os.kill, (os.getpid(), self.sig))
+        self.timer.daemon = True
+        self.timer.start()
+
+    def hand_over(self) -> None:
+        """Run submitit's handler now (it requeues the job and exits the process)."""
+        if self.timer is not None:
+            self.timer.cancel()
+        handler = self.original
+        signal.signal(self.sig, handler)
+        if callable(handler):
+            handler(self.sig, None)
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        self.original = signal.getsignal(self.sig)
+        if not callable(self.original):  # not under submitit: nothing to route
+            yield self
+            return
+        signal.signal(self.sig, self._handler)
+        try:
+            yield self
+        finally:
+            if self.timer is not None:
+                self.timer.cancel()
+            signal.signal(self.sig, self.original)
+
+
 class RunJob(submitit.helpers.Checkpointable):
     """One run as a submitit job: ``RunJob(run_dir, config_yaml, target)()`` → the result dict."""
 
@@ -95,9 +167,16 @@ class RunJob(submitit.helpers.Checkpointable):
         lead = _is_rank_zero()
         if lead:
             rd.write_state("running", job_id=_job_id(), host=os.uname().nodename, pid=os.getpid())
+        preemption = _Preemption()
         try:
             config = RunConfig.model_validate(yaml.safe_load(self.config_yaml))
-            result = import_target(self.target)(config, rd.path)
+            with preemption.installed():
+                try:
+                    result = import_target(self.target)(config, rd.path)
+                except Exception as exc:
+                    if preemption.signalled and type(exc).__name__ == "Preempted":
+                        preemption.hand_over()  # latest.pt is written: requeue now (exits)
+                    raise
         except SystemExit:
             raise  # submitit's requeue exit after checkpoint(): the state already says requeued
         except BaseException as exc:  # noqa: BLE001 - record every failure, then re-raise

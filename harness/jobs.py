@@ -17,6 +17,7 @@ import contextlib
 import importlib
 import os
 import signal
+import sys
 import threading
 import traceback
 from pathlib import Path
@@ -96,8 +97,8 @@ class _Preemption:
     On the signal the engine is asked to stop (:func:`bike.engine.train_loop.request_stop`): at the next
     optimiser step it writes ``checkpoints/latest.pt`` and raises ``Preempted``, so no step done since the
     last epoch end is lost. The job then hands the signal to submitit's handler (checkpoint → requeue →
-    exit). If the engine is not in a training loop (evaluation), submitit's handler runs after
-    ``grace_s`` seconds regardless.
+    exit). If the engine is not in a training loop (evaluation, a plug-in job) submitit's handler runs
+    at once; if the loop does not reach a step within ``grace_s`` seconds, it runs then.
     """
 
     def __init__(self, grace_s: float = PREEMPT_GRACE_S):
@@ -109,13 +110,11 @@ class _Preemption:
 
     def _handler(self, signum: int, frame: Any) -> None:
         self.signalled = True
-        try:
-            from bike.engine.train_loop import request_stop
-
-            request_stop()
-        except ImportError:  # a plug-in job without the engine: submitit's handler at once
-            self.hand_over()
+        engine = sys.modules.get("bike.engine.train_loop")
+        if engine is None or not engine.training_active():
+            self.hand_over()  # not training (evaluation, a plug-in job): submitit's handler at once
             return
+        engine.request_stop()
         signal.signal(self.sig, self.original)  # a second signal goes straight to submitit
         self.timer = threading.Timer(self.grace_s, os.kill, (os.getpid(), self.sig))
         self.timer.daemon = True

@@ -51,6 +51,12 @@ from bike.engine.sampler import TrainSampler
 from bike.losses import multi_positive_contrastive
 
 _STOP = threading.Event()
+_IN_LOOP = threading.Event()
+
+
+def training_active() -> bool:
+    """Whether a training loop is running in this process (so :func:`request_stop` will be honoured)."""
+    return _IN_LOOP.is_set()
 
 
 def request_stop() -> None:
@@ -379,6 +385,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
     def fit(self) -> TrainProgress:
+        _IN_LOOP.set()
+        try:
+            return self._fit()
+        finally:
+            _IN_LOOP.clear()
+
+    def _fit(self) -> TrainProgress:
         cfg = self.config.train
         self.try_resume()
         if self.progress.finished:

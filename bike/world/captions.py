@@ -1,0 +1,118 @@
+"""Captions of ToyKinetics snapshots, and which captions are true of which frames.
+
+A caption names one object of the frame with some of its attributes (``a photo of a red ball rising.``,
+``a circle moving up``, ``This is a video about blue square``...) or says the frame is empty. Its
+:class:`CaptionSpec` keeps the attributes it names (``-1`` = not named). A caption is *true* of a frame
+when some object of the frame has every attribute the caption names (or, for an empty caption, when the
+frame shows no object): the pretraining loss treats every true pair in a batch as a positive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bike.world.config import (
+    CAPTION_TEMPLATES,
+    EMPTY_WORDS,
+    MOTION_WORDS,
+    SHAPE_WORDS,
+    STILL,
+    STILL_WORDS,
+)
+from bike.world.snapshots import DISTRACTOR, MAIN, SnapshotPool, Vocabulary
+
+#: Which attributes a caption names (c = colour, s = shape, m = motion) and how often.
+PATTERNS: dict[str, float] = {"csm": 0.5, "cs": 0.2, "sm": 0.15, "cm": 0.1, "s": 0.05}
+#: Probability of describing the main object when the frame also shows a distractor.
+MAIN_P = 0.8
+#: Templates for empty frames (no article before the phrase).
+EMPTY_TEMPLATES: tuple[str, ...] = ("{}", "a photo of {}", "This is a video about {}", "a video of {}")
+
+
+@dataclass(frozen=True)
+class CaptionSpec:
+    """Attributes a caption names, as vocabulary indices (``-1`` = not named); ``empty`` captions
+    say there is no object."""
+
+    shape: int = -1
+    colour: int = -1
+    motion: int = -1
+    empty: bool = False
+
+
+def motion_words(motion: str) -> tuple[str, ...]:
+    return STILL_WORDS if motion == STILL else MOTION_WORDS[motion]
+
+
+def phrase(pattern: str, colour: str, shape: str, motion: str, rng: np.random.Generator | None = None) -> str:
+    """The words of a caption for ``pattern`` (canonical words when ``rng`` is None, else synonyms)."""
+
+    def pick(options: tuple[str, ...]) -> str:
+        return options[0] if rng is None else options[int(rng.integers(len(options)))]
+
+    s = pick(SHAPE_WORDS[shape])
+    m = pick(motion_words(motion))
+    return {
+        "csm": f"{colour} {s} {m}",
+        "cs": f"{colour} {s}",
+        "sm": f"{s} {m}",
+        "cm": f"{colour} shape {m}",
+        "s": s,
+    }[pattern]
+
+
+def sample_captions(
+    pool: SnapshotPool, idx: np.ndarray, rng: np.random.Generator
+) -> tuple[list[str], list[CaptionSpec]]:
+    """One random caption (text and spec) for each frame ``idx`` of the pool."""
+    vocab = pool.vocab
+    names = list(PATTERNS)
+    probs = np.array(list(PATTERNS.values()))
+    texts: list[str] = []
+    specs: list[CaptionSpec] = []
+    for i in idx:
+        present = [j for j in (MAIN, DISTRACTOR) if pool.shape[i, j] >= 0]
+        if not present:
+            texts.append(EMPTY_TEMPLATES[int(rng.integers(len(EMPTY_TEMPLATES)))].format(
+                EMPTY_WORDS[int(rng.integers(len(EMPTY_WORDS)))]))
+            specs.append(CaptionSpec(empty=True))
+            continue
+        j = present[0] if len(present) == 1 or rng.random() < MAIN_P else present[1]
+        s_i, c_i, m_i = int(pool.shape[i, j]), int(pool.colour[i, j]), int(pool.motion[i, j])
+        pattern = names[int(rng.choice(len(names), p=probs))]
+        words = phrase(pattern, vocab.colours[c_i], vocab.shapes[s_i], vocab.motions[m_i], rng)
+        texts.append(CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))].format(words))
+        specs.append(CaptionSpec(
+            shape=s_i if "s" in pattern else -1,
+            colour=c_i if "c" in pattern else -1,
+            motion=m_i if "m" in pattern else -1,
+        ))
+    return texts, specs
+
+
+def truth_matrix(pool: SnapshotPool, idx: np.ndarray, specs: list[CaptionSpec]) -> np.ndarray:
+    """bool ``[len(idx), len(specs)]``: caption u is true of frame idx[i]."""
+    sh, co, mo = pool.shape[idx], pool.colour[idx], pool.motion[idx]  # [B, 2]
+    cs = np.array([s.shape for s in specs])[None, :, None]
+    cc = np.array([s.colour for s in specs])[None, :, None]
+    cm = np.array([s.motion for s in specs])[None, :, None]
+    empty = np.array([s.empty for s in specs])[None, :]
+    present = sh[:, None, :] >= 0  # [B, 1, 2]
+    ok = present & ((cs < 0) | (cs == sh[:, None, :])) & ((cc < 0) | (cc == co[:, None, :])) & (
+        (cm < 0) | (cm == mo[:, None, :])
+    )
+    obj_true = ok.any(-1)  # [B, U]
+    frame_empty = ~present.any(-1)  # [B, 1]
+    return np.where(empty, frame_empty, obj_true & ~empty)
+
+
+def vocabulary_phrases(vocab: Vocabulary) -> list[str]:
+    """Every word the captions can use (to find the token ids the pretraining touches)."""
+    words = list(vocab.colours) + ["shape"]
+    for s in vocab.shapes:
+        words += SHAPE_WORDS[s]
+    for m in vocab.motions:
+        words += motion_words(m)
+    return words + list(EMPTY_WORDS) + [t.format("") for t in CAPTION_TEMPLATES + EMPTY_TEMPLATES]

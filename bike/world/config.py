@@ -1,0 +1,215 @@
+"""ToyKinetics: the vocabulary and the size presets of the miniature video world.
+
+A class of the world is a composition ``<colour> <shape> <motion>`` written in plain language, e.g.
+``red ball rising`` or ``blue cross shaking``. Every motion leaves a visible trail in a single frame
+(fading copies behind a moving object, concentric outlines on a growing or shrinking one), so a frame
+carries evidence the way a frame of a real action does, and every motion is symmetric under a
+horizontal flip (BIKE's training augmentation flips frames: ``sliding`` covers both directions).
+
+:class:`WorldConfig` holds every knob of the world; its :meth:`WorldConfig.content_hash` together
+with the seed keys the built data and the pretrained checkpoint. ``SIZES`` holds the presets
+``default`` (builds in a few minutes on 2 CPU cores) and ``test`` (seconds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Literal
+
+#: Bump when the rendering or the split logic changes, so old worlds are rebuilt.
+GENERATOR_VERSION = 1
+
+#: Shape words. Synonyms (used only in pretraining captions) follow the canonical word.
+SHAPE_WORDS: dict[str, tuple[str, ...]] = {
+    "ball": ("ball", "circle"),
+    "square": ("square", "box"),
+    "triangle": ("triangle",),
+    "cross": ("cross", "plus sign"),
+}
+
+#: Colour words -> RGB of the object (jittered per video).
+COLOUR_RGB: dict[str, tuple[int, int, int]] = {
+    "red": (225, 45, 40),
+    "green": (40, 185, 65),
+    "blue": (50, 90, 235),
+    "yellow": (235, 215, 45),
+    "purple": (160, 65, 210),
+}
+
+#: Colours of the distractor objects (never a class colour).
+DISTRACTOR_RGB: dict[str, tuple[int, int, int]] = {
+    "grey": (135, 135, 135),
+    "white": (240, 240, 240),
+}
+
+#: Motion words (class names use the first; pretraining captions also use the others).
+MOTION_WORDS: dict[str, tuple[str, ...]] = {
+    "rising": ("rising", "moving up", "going up"),
+    "falling": ("falling", "moving down", "dropping"),
+    "sliding": ("sliding", "sliding sideways", "moving sideways"),
+    "shaking": ("shaking", "wobbling", "jittering"),
+    "growing": ("growing", "getting bigger", "expanding"),
+    "shrinking": ("shrinking", "getting smaller", "contracting"),
+}
+
+#: The state of an object that is present but does not move (frames outside the action window).
+STILL = "still"
+STILL_WORDS: tuple[str, ...] = ("standing still", "resting", "not moving")
+
+#: Phrases for frames without any object.
+EMPTY_WORDS: tuple[str, ...] = ("an empty background", "an empty scene", "nothing")
+
+#: Caption templates of the pretraining (the BIKE prompt is one of them).
+CAPTION_TEMPLATES: tuple[str, ...] = (
+    "{}",
+    "a {}",
+    "a photo of a {}.",
+    "a picture of a {}",
+    "a video of a {}",
+    "This is a video about {}",
+    "there is a {}",
+)
+
+#: Phrases of the attribute lexicon that no frame of the world shows (the unrelated names a real
+#: lexicon holds, like most of Kinetics-400 for a given video).
+UNRELATED_PHRASES: tuple[str, ...] = (
+    "dark room",
+    "noisy screen",
+    "spinning wheel",
+    "bouncing spring",
+    "flashing light",
+    "orange star",
+    "black hole",
+    "pink heart",
+    "wooden table",
+    "rain on a window",
+    "bird flying",
+    "car driving",
+)
+
+Size = Literal["default", "test"]
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """Every knob of a ToyKinetics world (the seed is passed separately).
+
+    Classes are ``colour x shape x motion``; ``num_novel`` compositions are held out of the general
+    split (and of the CLIP pretraining when ``pretrain_holdout_novel``) and form the zero-shot /
+    few-shot "novel" dataset. ``multilabel_classes`` of the seen compositions form the Charades-style
+    multi-label dataset, whose videos show two actions each.
+    """
+
+    shapes: tuple[str, ...] = tuple(SHAPE_WORDS)
+    colours: tuple[str, ...] = tuple(COLOUR_RGB)
+    motions: tuple[str, ...] = tuple(MOTION_WORDS)
+    num_novel: int = 24
+    # videos: T frames of size x size pixels at fps frames per second
+    frames: int = 32
+    fps: int = 8
+    size: int = 64
+    train_per_class: int = 10
+    val_per_class: int = 4
+    novel_train_per_class: int = 8
+    novel_val_per_class: int = 6
+    multilabel_classes: int = 16
+    multilabel_train_videos: int = 120
+    multilabel_test_videos: int = 60
+    # how the action sits in the video
+    window: tuple[float, float] = (0.35, 0.7)  # share of the frames the action occupies
+    still_outside_p: float = 0.5  # the object stands still before/after the action (else absent)
+    distractor_p: float = 0.5  # a grey/white static object somewhere in the video
+    radius: tuple[float, float] = (12.0, 16.0)  # object radius in pixels (at size 64); a patch-16 ViT needs them large
+    noise_std: float = 3.0  # per-frame sensor noise (grey levels)
+    # the tiny CLIP and its pretraining
+    model: str = "bike-tiny"
+    pretrain_frames: int = 16384
+    pretrain_steps: int = 1500
+    pretrain_batch: int = 128
+    pretrain_lr: float = 3e-3
+    pretrain_weight_decay: float = 0.05
+    pretrain_warmup: int = 50
+    pretrain_holdout_novel: bool = True
+    pretrain_threads: int = 1
+    # what a BIKE run on this world uses
+    model_frames: int = 8
+    prompt: str = "This is a video about {}"
+    generator_version: int = field(default=GENERATOR_VERSION)
+
+    def __post_init__(self) -> None:
+        for name, words, known in (
+            ("shapes", self.shapes, SHAPE_WORDS),
+            ("colours", self.colours, COLOUR_RGB),
+            ("motions", self.motions, MOTION_WORDS),
+        ):
+            unknown = [w for w in words if w not in known]
+            if unknown or not words:
+                raise ValueError(f"WorldConfig.{name}: got {list(words)}; expected a non-empty subset of {list(known)}")
+        total = len(self.shapes) * len(self.colours) * len(self.motions)
+        if not 2 <= self.num_novel <= total // 2:
+            raise ValueError(
+                f"WorldConfig.num_novel: got {self.num_novel}; expected 2..{total // 2} (half of the {total} compositions)"
+            )
+        if not 1 <= self.multilabel_classes <= total - self.num_novel:
+            raise ValueError(
+                f"WorldConfig.multilabel_classes: got {self.multilabel_classes}; expected 1..{total - self.num_novel}"
+            )
+        if not 0.0 < self.window[0] <= self.window[1] <= 1.0:
+            raise ValueError(f"WorldConfig.window: got {self.window}; expected 0 < low <= high <= 1")
+        if self.size % 16 or self.size < 32:
+            raise ValueError(f"WorldConfig.size: got {self.size}; expected a multiple of 16, at least 32 (decord reads these widths)")
+        if self.frames < self.model_frames:
+            raise ValueError(f"WorldConfig.frames: got {self.frames}; expected at least model_frames={self.model_frames}")
+
+    @property
+    def num_compositions(self) -> int:
+        return len(self.shapes) * len(self.colours) * len(self.motions)
+
+    def content_hash(self, seed: int, length: int = 10) -> str:
+        """Short hash of the config and the seed: the identity of the built world and its checkpoint."""
+        payload = json.dumps({"config": asdict(self), "seed": int(seed)}, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(payload.encode()).hexdigest()[:length]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+#: Size presets. ``default``: 120 compositions (96 seen, 24 novel), 1860 videos of 4 s, a ``bike-tiny``
+#: CLIP pretrained for ~2.5 minutes on one core (~3 minutes in all on 2 cores). ``test``: 12
+#: compositions, 66 videos of 2 s, a ``bike-micro`` CLIP pretrained for 100 small steps (~5 s in all).
+SIZES: dict[str, WorldConfig] = {
+    "default": WorldConfig(),
+    "test": WorldConfig(
+        shapes=("ball", "square"),
+        colours=("red", "blue"),
+        motions=("rising", "falling", "growing"),
+        num_novel=4,
+        frames=16,
+        train_per_class=3,
+        val_per_class=2,
+        novel_train_per_class=2,
+        novel_val_per_class=2,
+        multilabel_classes=4,
+        multilabel_train_videos=6,
+        multilabel_test_videos=4,
+        model="bike-micro",
+        pretrain_frames=1024,
+        pretrain_steps=100,
+        pretrain_batch=32,
+        pretrain_warmup=2,
+        model_frames=4,
+    ),
+}
+
+
+def world_config(size: str = "default", **overrides) -> WorldConfig:
+    """The preset ``size`` with ``overrides`` applied; unknown sizes or fields are errors."""
+    if size not in SIZES:
+        raise ValueError(f"world size: got {size!r}; expected one of {sorted(SIZES)}")
+    base = SIZES[size]
+    unknown = [k for k in overrides if k not in base.__dataclass_fields__]
+    if unknown:
+        raise ValueError(f"world config: unknown field(s) {unknown}; expected fields of WorldConfig")
+    return replace(base, **overrides)

@@ -1,0 +1,124 @@
+import json
+import os
+
+import decord
+import pytest
+import torch
+
+import bike.world.build as build_mod
+from bike.config import DataConfig, RunConfig
+from bike.data.lists import read_charades_classes, read_charades_test, read_charades_train, read_class_csv, read_video_list
+from bike.world import WorldError, build_world, load_world
+from bike.world.__main__ import main
+from bike.world.config import MOTION_WORDS, world_config
+
+
+def test_lists_parse_with_the_real_readers(test_world):
+    w, c = test_world, test_world.counts
+    general = read_class_csv(w.path("general_classes"))
+    novel = read_class_csv(w.path("novel_classes"))
+    assert len(general) == c["classes_seen"] and len(novel) == c["classes_novel"]
+    assert not set(general) & set(novel)
+    train = read_video_list(w.path("general_train"), w.video_root, len(general))
+    val = read_video_list(w.path("general_val"), w.video_root, len(general))
+    assert len(train) == c["general_train"] and len(val) == c["general_val"]
+    assert sorted({r.label for r in train}) == list(range(len(general)))
+    # the class directory of every video names its label
+    assert all(general[r.label].replace(" ", "_") in r.path for r in train + val)
+    nval = read_video_list(w.path("novel_val"), w.video_root, len(novel))
+    assert len(nval) == c["novel_val"] and all(os.path.isfile(r.path) for r in train + val + nval)
+
+
+def test_videos_are_real_mp4s(test_world):
+    cfg = test_world.config
+    r = read_video_list(test_world.path("general_val"), test_world.video_root)[0]
+    reader = decord.VideoReader(r.path, num_threads=1)
+    frames = reader.get_batch(list(range(len(reader)))).asnumpy()
+    assert frames.shape == (cfg["frames"], cfg["size"], cfg["size"], 3)
+    assert frames.std(axis=0).mean() > 1.0  # something moves
+
+
+def test_charades_files(test_world):
+    w = test_world
+    names = read_charades_classes(w.path("multilabel_classes"))
+    assert len(names) == w.counts["classes_multilabel"] and set(names) <= set(read_class_csv(w.path("general_classes")))
+    train = read_charades_train(w.path("multilabel_train"), w.path("multilabel_root"), len(names))
+    total = w.config["frames"] / w.config["fps"]
+    assert len(train) == 2 * w.counts["multilabel_train_videos"]  # two action instances per video
+    assert all(0 <= r.start < r.end <= total + 1e-6 and os.path.isfile(r.path) for r in train)
+    test = read_charades_test(w.path("multilabel_test"), w.path("multilabel_root"), len(names))
+    assert len(test) == w.counts["multilabel_test_videos"]
+    assert all(len(r.label) == 2 for r in test) and all(os.path.isfile(r.path) for r in test)
+
+
+def test_lexicons(test_world):
+    world = test_world.lexicons["world"].read_text().splitlines()
+    objects = test_world.lexicons["world_objects"].read_text().splitlines()
+    names = test_world.class_names
+    assert set(names["general"]) <= set(world) and not set(names["novel"]) & set(world)
+    assert len(set(world)) == len(world) and all(p.strip() == p and p for p in world + objects)
+    motions = {w for words in MOTION_WORDS.values() for w in words}
+    assert not any(m in p for p in objects for m in motions)
+
+
+def test_config_fragments_validate(test_world):
+    for family in ("general", "zero_shot", "few_shot", "multi_label"):
+        data = DataConfig(**test_world.data_config(family))
+        assert os.path.isfile(data.class_file) and os.path.isfile(data.val_list)
+    run = RunConfig(**test_world.config_overrides("multi_label", lexicon="world_objects"))
+    assert run.data.format == "charades" and run.data.multi_label
+    assert run.model.backbone == "bike-micro" and os.path.isfile(run.model.pretrained)
+    assert run.model.resolution == 32 and run.model.frames == test_world.frames
+    assert run.attributes.lexicon.endswith("world_objects.txt")
+    with pytest.raises(ValueError, match="family"):
+        test_world.data_config("closed_world")
+
+
+def test_manifest_and_rebuild_is_a_no_op(test_world):
+    root = test_world.root
+    manifest = root / "manifest.json"
+    before = (manifest.stat().st_mtime_ns, test_world.checkpoint.stat().st_mtime_ns)
+    again = build_world(root, size="test")
+    assert again == test_world
+    assert (manifest.stat().st_mtime_ns, test_world.checkpoint.stat().st_mtime_ns) == before
+    assert load_world(root) == test_world
+    m = json.loads(manifest.read_text())
+    assert m["config_hash"] == world_config("test").content_hash(0) != world_config("test").content_hash(1)
+    assert test_world.config_hash in test_world.checkpoint.name
+    zs = m["metrics"]["zero_shot_novel"]
+    assert set(zs) >= {"frame", "video", "chance"} and zs["chance"] == 1 / test_world.counts["classes_novel"]
+
+
+def test_checkpoint_is_a_state_dict(test_world):
+    sd = torch.load(test_world.checkpoint, weights_only=True)
+    assert isinstance(sd, dict) and "visual.conv1.weight" in sd
+
+
+def test_cli(test_world, tmp_path, capsys):
+    assert main(["build", "--root", str(test_world.root), "--size", "test"]) == 0
+    assert json.loads(capsys.readouterr().out)["config_hash"] == test_world.config_hash
+    assert main(["info", "--root", str(tmp_path)]) == 2
+    assert "manifest.json" in capsys.readouterr().err
+
+
+def test_crash_leaves_no_manifest_and_rebuild_reuses_checkpoint(tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(build_mod, "write_text_files", boom)
+    with pytest.raises(RuntimeError, match="simulated"):
+        build_world(tmp_path, size="test", pretrain_steps=5)
+    assert not (tmp_path / "manifest.json").exists()
+    with pytest.raises(WorldError, match="manifest.json"):
+        load_world(tmp_path)
+    assert len(list((tmp_path / "clip").glob("*.pt"))) == 1  # written atomically before the crash
+    monkeypatch.undo()
+    messages = []
+    info = build_world(tmp_path, size="test", pretrain_steps=5, progress=messages.append)
+    assert any("reusing checkpoint" in m for m in messages)
+    assert (tmp_path / "manifest.json").is_file() and info.checkpoint.is_file()
+
+
+def test_bad_size_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="size"):
+        build_world(tmp_path, size="huge")

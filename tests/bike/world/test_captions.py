@@ -1,0 +1,49 @@
+import numpy as np
+
+from bike.world.captions import CaptionSpec, phrase, sample_captions, truth_matrix
+from bike.world.config import world_config
+from bike.world.snapshots import SnapshotPool, Vocabulary
+
+
+def _pool():
+    """Frame 0: a red ball rising and a grey square; frame 1: empty; frame 2: a blue ball standing still."""
+    cfg = world_config("default")
+    v = Vocabulary.of(cfg)
+    S, C, M = v.shapes.index, v.colours.index, v.motions.index
+    shape = np.array([[S("ball"), S("square")], [-1, -1], [S("ball"), -1]])
+    colour = np.array([[C("red"), C("grey")], [-1, -1], [C("blue"), -1]])
+    motion = np.array([[M("rising"), M("still")], [-1, -1], [M("still"), -1]])
+    return SnapshotPool(np.zeros((3, 64, 64, 3), np.uint8), shape, colour, motion, v), v
+
+
+def test_truth_matrix_follows_the_named_attributes():
+    pool, v = _pool()
+    S, C, M = v.shapes.index, v.colours.index, v.motions.index
+    specs = [
+        CaptionSpec(S("ball"), C("red"), M("rising")),  # red ball rising
+        CaptionSpec(S("square"), C("grey")),  # grey square
+        CaptionSpec(shape=S("ball")),  # ball
+        CaptionSpec(empty=True),  # empty background
+        CaptionSpec(S("ball"), C("blue"), M("rising")),  # blue ball rising
+        CaptionSpec(colour=C("red"), motion=M("still")),  # red shape standing still
+    ]
+    expected = np.array([
+        [1, 1, 1, 0, 0, 0],
+        [0, 0, 0, 1, 0, 0],
+        [0, 0, 1, 0, 0, 0],
+    ], bool)
+    np.testing.assert_array_equal(truth_matrix(pool, np.arange(3), specs), expected)
+
+
+def test_every_sampled_caption_is_true_of_its_frame():
+    pool, _ = _pool()
+    idx = np.tile(np.arange(3), 40)
+    texts, specs = sample_captions(pool, idx, np.random.default_rng(0))
+    assert np.diag(truth_matrix(pool, idx, specs)).all()
+    assert any("empty" in t or "nothing" in t for t in texts[1::3])
+    assert all(("ball" in t or "circle" in t or "square" in t or "box" in t or "shape" in t) for t in texts[0::3])
+
+
+def test_canonical_phrase_is_the_class_name():
+    assert phrase("csm", "red", "ball", "rising") == "red ball rising"
+    assert phrase("cs", "blue", "cross", "still") == "blue cross"

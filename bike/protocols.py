@@ -102,7 +102,9 @@ def write_video_list(records: Sequence[VideoRecord], path: PathLike, root: PathL
 def holdout_split(
     records: Sequence[VideoRecord], share: float, seed: int
 ) -> tuple[list[VideoRecord], list[VideoRecord]]:
-    """(kept, held out): ``round(share * n_c)`` records of every class held out (seeded), list order kept.
+    """(kept, held out): ``round(share * n)`` records held out (seeded), spread over the classes in
+    proportion to their size (``floor(share * n_c)`` each, the remainder one each to randomly drawn
+    classes that keep at least one training record); at least one when ``share > 0``. List order kept.
 
     The "tune" split of ``data.tuning_holdout``: tune on it, never on the test set. Multi-label
     records are grouped by their label tuple.
@@ -113,12 +115,19 @@ def holdout_split(
     for i, r in enumerate(records):
         by_class[r.label].append(i)
     rng = np.random.default_rng(seed)
+    keys = sorted(by_class, key=lambda k: (isinstance(k, tuple), k))
+    quota = {key: int(np.floor(share * len(by_class[key]))) for key in keys}
+    total = max(1, int(round(share * len(records)))) if share > 0 and len(records) > 1 else 0
+    spare = [key for key in keys if len(by_class[key]) - quota[key] >= 2]
+    extra = max(0, total - sum(quota.values()))
+    if extra:  # (no draw otherwise: the held-out records of larger lists stay what they were)
+        for j in rng.permutation(len(spare))[:extra]:
+            quota[spare[j]] += 1
     held: set[int] = set()
-    for key in sorted(by_class, key=lambda k: (isinstance(k, tuple), k)):
+    for key in keys:
         members = by_class[key]
-        k = int(round(share * len(members)))
-        if k:
-            held.update(members[j] for j in rng.choice(len(members), size=k, replace=False))
+        if quota[key]:
+            held.update(members[j] for j in rng.choice(len(members), size=quota[key], replace=False))
     kept = [r for i, r in enumerate(records) if i not in held]
     out = [r for i, r in enumerate(records) if i in held]
     return kept, out

@@ -157,9 +157,12 @@ def bike_world(root: str | Path, size: str = "default", seed: int = 0, build: bo
         info = info_cache["info"]
         values = {
             "checkpoint": str(info.checkpoint),
+            "model": str(getattr(info, "model_name", "bike-tiny")),
             "root": str(root),
             "frames": getattr(info, "frames", WORLD_DEFAULT_FRAMES),
             "resolution": getattr(info, "resolution", WORLD_DEFAULT_RESOLUTION),
+            # the world's lexicons, by the names specs use (`attributes.lexicon: world`)
+            "lexicons": {name: str(path) for name, path in getattr(info, "lexicons", {}).items()},
         }
         return WorldSplit(data=dict(info.data_config(split)), values=values)
 

@@ -34,7 +34,8 @@ built-in scale defaults (:data:`BUILTIN_SCALES`; at smoke scale the embedded wor
 line. When a layer sets ``dataset.world`` (a world split, or ``auto`` for the family's), the world's
 DataConfig fields are inserted just before that layer and the dataset fields of the earlier layers
 but the family defaults (the paper dataset's) are dropped; dataset fields set in the same or later layers still win. ``${world.checkpoint}``,
-``${world.frames}``, ``${world.resolution}`` and ``${world.root}`` are filled from the built world.
+``${world.model}``, ``${world.frames}``, ``${world.resolution}`` and ``${world.root}`` are filled from the
+built world; ``attributes.lexicon: world`` / ``world_objects`` name the built world's lexicon files.
 
 Every error names the file, the dotted field path, the bad value and what is allowed, and is raised
 while loading or resolving, before anything is submitted.
@@ -93,13 +94,13 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
 # Built-in scale defaults. Smoke: the embedded world (bike.world), its tiny pretrained CLIP and a
 # few optimiser steps on small batches, so a whole table runs on a laptop CPU in minutes.
 SMOKE_EPOCHS = 2
-SMOKE_MAX_STEPS = 6
+SMOKE_MAX_STEPS = 20
 SMOKE_BATCH = 8
 BUILTIN_SCALES: dict[str, dict[str, Any]] = {
     "smoke": {
         "dataset.world": "auto",
         "dataset.num_workers": 0,
-        "model.backbone": "bike-tiny",
+        "model.backbone": "${world.model}",
         "model.pretrained": "${world.checkpoint}",
         "model.frames": "${world.frames}",
         "model.resolution": "${world.resolution}",
@@ -110,6 +111,7 @@ BUILTIN_SCALES: dict[str, dict[str, Any]] = {
         "train.batch_size": SMOKE_BATCH,
         "train.precision": "fp32",
         "train.log_every": 1,
+        "train.select_on": "none",  # no per-epoch validation: the last checkpoint is evaluated
         "eval.batch_size": SMOKE_BATCH,
     },
     "full": {},
@@ -589,6 +591,26 @@ class Layer:
     values: dict[tuple[str, ...], Any] = field(default_factory=dict)
 
 
+def inherited_model_fields(spec: Spec, variant: str, scale: str, _seen: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """The ``model.*`` overrides of the variant this one starts from (``init_from: {variant: X}`` in the
+    same spec), recursively: a stage-2 or evaluation run must build the architecture of the checkpoint it
+    loads. The variant's own ``set`` still wins."""
+    v = spec.variants[variant]
+    ref = v.init_from
+    if not isinstance(ref, InitFromSpec) or ref.spec is not None or ref.variant not in spec.variants:
+        return {}
+    if ref.variant in _seen:
+        return {}
+    parent = spec.variants[ref.variant]
+    out = dict(inherited_model_fields(spec, ref.variant, scale, _seen + (variant,)))
+    for where, values in ((f"variants.{ref.variant}.set", parent.set),
+                          (f"variants.{ref.variant}.scales.{scale}", parent.scales.get(scale, {}))):
+        for path, value in flatten_overrides(values, spec.path, where).items():
+            if path[0] == "model":
+                out[path] = value
+    return out
+
+
 def variant_layers(spec: Spec, variant: str, scale: str) -> list[Layer]:
     """The ordered layers of one variant at one scale (later wins); see the module docstring."""
     if variant not in spec.variants:
@@ -609,6 +631,10 @@ def variant_layers(spec: Spec, variant: str, scale: str) -> list[Layer]:
     layers.append(Layer("spec", base))
     layers.append(Layer(f"built-in {scale} scale", flatten_overrides(BUILTIN_SCALES[scale], src, f"builtin.{scale}")))
     layers.append(Layer(f"scales.{scale}", flatten_overrides(spec.scales.get(scale, {}), src, f"scales.{scale}")))
+    inherited = inherited_model_fields(spec, variant, scale)
+    if inherited:
+        parent = spec.variants[variant].init_from.variant  # type: ignore[union-attr]
+        layers.append(Layer(f"model of variants.{parent} (init_from)", inherited))
     layers.append(Layer(f"variants.{variant}.set", flatten_overrides(v.set, src, f"variants.{variant}.set")))
     where = f"variants.{variant}.scales.{scale}"
     layers.append(Layer(where, flatten_overrides(v.scales.get(scale, {}), src, where)))
@@ -703,8 +729,11 @@ def resolve_config(
 
     nested: dict[str, Any] = {"name": f"{spec.name}.{variant}"}
     provenance: dict[str, str] = {}
+    world_lexicons = world_values.get("lexicons") or {}
     for path, (value, src) in merged.items():
         value = substitute_world(value, world_values, source, f"{src}: {'.'.join(path)}")
+        if path == ("attributes", "lexicon") and isinstance(value, str) and value in world_lexicons:
+            value = world_lexicons[value]  # a world lexicon name -> the built world's file
         section = "data" if path[0] == "dataset" else path[0]
         if len(path) == 1:
             nested[section] = value

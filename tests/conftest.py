@@ -15,3 +15,11 @@ torch.set_num_threads(2)
 def rng():
     """A seeded torch generator for reproducible random inputs."""
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def test_world(tmp_path_factory):
+    """A ``test``-size ToyKinetics world (seconds to build): videos, lists, lexicons, a bike-micro CLIP."""
+    from bike.world import build_world
+
+    return build_world(tmp_path_factory.mktemp("world"), size="test")

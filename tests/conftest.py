@@ -23,3 +23,14 @@ def test_world(tmp_path_factory):
     from bike.world import build_world
 
     return build_world(tmp_path_factory.mktemp("world"), size="test")
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_process_group():
+    """A test that leaves a torch.distributed group behind would make later in-process runs
+    distributed: tear it down after every test."""
+    yield
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -16,7 +16,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).parents[1] / "bike" / "engine"))
 from tinyrun import make_dataset, tiny_config  # noqa: E402
 
-from bike.train import run as train_run  # noqa: E402
 from harness.jobs import RunJob  # noqa: E402
 from harness.rundir import RunDir  # noqa: E402
 
@@ -41,12 +40,13 @@ def test_sigusr2_mid_epoch_checkpoints_requeues_and_matches_uninterrupted(tmp_pa
     # 12 training videos, batch 2 -> 6 steps an epoch; 10 epochs -> 60 steps: long enough to interrupt
     cfg = tiny_config(data, train={"epochs": 10, "batch_size": 2, "warmup_epochs": 1, "log_every": 1})
 
-    straight = tmp_path / "straight"
-    train_run(cfg, straight, progress=False)
-
-    run_dir = tmp_path / "interrupted"
     executor = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="local")
     executor.update_parameters(timeout_min=5)
+    # the uninterrupted run in a job of its own, so both runs see the same process environment
+    straight = tmp_path / "straight"
+    executor.submit(RunJob(straight, cfg.to_yaml(), "bike.train:run")).result()
+
+    run_dir = tmp_path / "interrupted"
     job = executor.submit(RunJob(run_dir, cfg.to_yaml(), "bike.train:run"))
 
     deadline = time.time() + 120

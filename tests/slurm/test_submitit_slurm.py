@@ -10,6 +10,9 @@ import subprocess
 import time
 from pathlib import Path
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+
 import pytest
 import torch
 
@@ -113,8 +116,10 @@ def test_time_limit_checkpoints_requeues_and_resumes(slurm_executor, job_dir: Pa
 @pytest.mark.distributed
 def test_two_srun_tasks_train_like_one_process(slurm_executor, job_dir: Path) -> None:
     steps, global_batch = 4, 8
-    reference = train_tiny_gathered(steps, global_batch)            # one process, whole batch
-    initial = train_tiny_gathered(0, global_batch)
+    # one process, whole batch: in a fresh process, like the SLURM tasks (no state of this pytest process)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        reference = pool.submit(train_tiny_gathered, steps, global_batch).result()
+        initial = pool.submit(train_tiny_gathered, 0, global_batch).result()
 
     job = slurm_executor(time=3, nodes=1, ntasks_per_node=2).submit(train_tiny_gathered, steps, global_batch)
     results = sorted(job.results(), key=lambda r: r["rank"])

@@ -25,11 +25,21 @@ def test_world(tmp_path_factory):
     return build_world(tmp_path_factory.mktemp("world"), size="test")
 
 
+_LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
 @pytest.fixture(autouse=True)
 def _no_leftover_process_group():
-    """A test that leaves a torch.distributed group behind would make later in-process runs
-    distributed: tear it down after every test."""
+    """A test that leaves a torch.distributed group, or torchrun variables in ``os.environ``, behind
+    would make later runs distributed (and SLURM jobs submitted later inherit the variables): restore
+    both after every test."""
+    saved = {key: os.environ.get(key) for key in _LAUNCHER_ENV}
     yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():

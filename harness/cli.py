@@ -105,7 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tune", help="Optuna study on cached scores")
     p.add_argument("sweep")
     p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///<results>/mlflow.db)")
+    p.add_argument("--results", default="results", help="results directory of the default tracking URI")
+    p.add_argument("--no-track", action="store_true", help="do not log the study to MLflow")
     p.add_argument("--workers", type=int, default=None)
 
     p = sub.add_parser("mlflow-uri", help="print the tracking URI in use")
@@ -260,9 +263,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from harness.tracking import resolve_tracking_uri
     from harness.tuning import tune_main
 
-    return tune_main(args.sweep, args.overrides, tracking_uri=args.tracking_uri, workers=args.workers)
+    uri = None if args.no_track else resolve_tracking_uri(args.tracking_uri, Path(args.results).resolve())
+    return tune_main(args.sweep, args.overrides, tracking_uri=uri, workers=args.workers)
 
 
 def cmd_mlflow_uri(args: argparse.Namespace) -> int:

@@ -10,20 +10,10 @@ import yaml
 
 from harness.expand import code_version, expand, prepare_run_dirs, resolve_source_run
 from harness.rundir import RunDir
-from harness.spec import SpecError, WorldSplit, load_spec
+from harness.spec import SpecError, load_spec
+from worldstub import fake_world
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def fake_world(tmp: Path):
-    def provider(split: str) -> WorldSplit:
-        root = tmp / "world" / split
-        return WorldSplit(
-            data={"dataset": "world", "root": str(root), "val_list": str(root / "val.txt"), "class_file": str(root / "c.csv")},
-            values={"checkpoint": str(tmp / "world" / "clip.pt"), "model": "bike-tiny", "frames": 8, "resolution": 64, "root": str(tmp / "world")},
-        )
-
-    return provider
 
 
 def write_spec(path: Path, body: dict) -> Path:

@@ -9,20 +9,10 @@ from pathlib import Path
 import pytest
 
 from harness.expand import expand
-from harness.spec import WorldSplit, load_spec
+from harness.spec import load_spec
 from harness.table6 import TABLE6_SPEC, collect_cells, plain_markdown, result_metric, run_table6
 from harness.tracking import TAG_PARENT_KEY, TAG_RUN_ID, Tracker, default_tracking_uri
-
-
-def fake_world(tmp: Path):
-    def provider(split: str) -> WorldSplit:
-        root = tmp / "world" / split
-        return WorldSplit(
-            data={"dataset": "world", "root": str(root), "val_list": str(root / "val.txt"), "class_file": str(root / "c.csv")},
-            values={"checkpoint": str(tmp / "world" / "clip.pt"), "model": "bike-tiny", "frames": 8, "resolution": 64, "root": str(tmp / "world")},
-        )
-
-    return provider
+from worldstub import fake_world
 
 
 def stand_in_engine(calls: list):

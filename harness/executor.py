@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import submitit
 
+from bike.config import ConfigError
 from harness.expand import Plan, PlannedRun, prepare_run_dirs
 from harness.jobs import JobTarget, RunJob, job_target
 from harness.rundir import TERMINAL_STATES, RunDir
@@ -32,6 +33,13 @@ from harness.spec import ResourceSpec, SlurmSpec
 CLUSTERS: tuple[str, ...] = ("local", "slurm", "debug")
 DEFAULT_SIGNAL_DELAY_S = 120  # time to write a checkpoint of a large model before the limit
 SIGNAL_DELAY_MAX_SHARE = 0.25  # ... but never more than this share of a short wall-clock limit
+#: Seconds a SLURM job needs after it starts (batch script, srun step, Python imports) to install submitit's
+#: signal handler: a checkpoint signal before then kills the job unhandled, and it is never requeued.
+SLURM_START_MARGIN_S = 30
+#: slurmctld sends the ``--signal`` warning up to this much earlier than asked: its time-limit check runs
+#: every 30 s and sends the warning early rather than late. (CI saw ``--time=1 --signal=USR2@55`` arrive
+#: during start-up and kill the job.)
+SLURM_SIGNAL_EARLY_S = 30
 DEFAULT_POLL_S = 2.0
 SLURM_ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED", "CONFIGURING", "COMPLETING")
 SLURM_CANCELLED = ("CANCELLED",)
@@ -107,6 +115,14 @@ def slurm_parameters(resources: ResourceSpec, job_name: str, dependency: Sequenc
         "time": parse_slurm_time(s.time) if s.time is not None else math.ceil(resources.timeout_min),
         "signal_delay_s": signal_delay(resources),
     }
+    latest_ok = params["time"] * 60 - SLURM_SIGNAL_EARLY_S - SLURM_START_MARGIN_S
+    if params["signal_delay_s"] > latest_ok:
+        fix = (f"expected resources.signal_delay_s <= {latest_ok}" if latest_ok >= 1
+               else "expected resources.timeout_min >= 2")
+        raise ConfigError(
+            f"resources.signal_delay_s={params['signal_delay_s']} with a {params['time']}-min SLURM limit: SLURM "
+            f"may send the checkpoint signal up to {SLURM_SIGNAL_EARLY_S} s early, so it could come in the job's "
+            f"first {SLURM_START_MARGIN_S} s, while it is still starting, and kill it unrequeued; {fix}")
     mapping = {
         "partition": s.partition,
         "gpus_per_node": s.gpus_per_node,
@@ -294,6 +310,8 @@ class Runner:
                 outcomes[run.run_id] = RunOutcome(run.run_id, "running", "waited", sub.get("job_id"))
             else:
                 pending.append(run)
+        for run in pending:
+            self.parameters(run)  # resources that cannot work fail here, before anything is submitted
         self.folder = invocation_folder(self.results)
         if self.cluster == "slurm":
             self._execute_slurm(plan, pending, foreign, outcomes, dry_run)

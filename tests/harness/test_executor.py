@@ -213,6 +213,13 @@ def test_slurm_and_local_parameters():
     assert local_parameters(ResourceSpec(timeout_min=0.5))["timeout_min"] == 0.5
     with pytest.raises(ValueError, match="timeout_min"):
         local_parameters(ResourceSpec())
+    # a checkpoint signal that may come while the SLURM job is still starting is refused
+    with pytest.raises(ValueError, match=r"signal_delay_s=90 with a 2-min SLURM limit.*signal_delay_s <= 60"):
+        slurm_parameters(ResourceSpec(timeout_min=2, signal_delay_s=90), "x")
+    with pytest.raises(ValueError, match=r"signal_delay_s=15 with a 1-min SLURM limit.*timeout_min >= 2"):
+        slurm_parameters(ResourceSpec(timeout_min=1), "x")   # the default delay (1/4) cannot be safe in 1 min
+    assert slurm_parameters(ResourceSpec(timeout_min=2, signal_delay_s=60), "x")["signal_delay_s"] == 60
+    assert slurm_parameters(ResourceSpec(timeout_min=2), "x")["signal_delay_s"] == 30   # default: 1/4 of it
     ex = make_executor("slurm", Path("/tmp/never-used/%j"), res, p)
     assert type(ex) is submitit.SlurmExecutor  # named explicitly, never AutoExecutor
     text = ex._make_submission_file_text("python -m x", "uid")

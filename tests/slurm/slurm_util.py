@@ -10,6 +10,13 @@ import pytest
 
 #: Seconds allowed for one call of a SLURM client tool.
 PROBE_TIMEOUT_S = 10
+#: A real time limit for the requeue tests: ``--time=2`` with the USR2 warning 60 s before the end. slurmctld
+#: checks time limits every 30 s and sends the warning up to 30 s early, so it comes 30-60 s into the job: late
+#: enough that the job's Python has installed submitit's handler (CI saw ``--time=1 --signal=USR2@55`` kill a
+#: job during start-up), early enough that `TIMEOUT_STEPS` steps of 1 s cannot have finished.
+TIME_LIMIT_MIN = 2
+SIGNAL_DELAY_S = 60
+TIMEOUT_STEPS = 75
 #: How often `wait_for` polls.
 POLL_S = 0.5
 

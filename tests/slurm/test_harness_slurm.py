@@ -22,7 +22,8 @@ from harness.rundir import RunDir, list_run_dirs
 from harness.spec import ResourceSpec
 from slurm_harness import drive, mlflow_runs_of, write_spec, write_tiny_dataset
 from slurm_jobs import SlowCounterTarget, checkpoint_step, read_starts, uninterrupted_result
-from slurm_util import PROBE_TIMEOUT_S, sacct_state, wait_for, wait_for_state
+from slurm_util import (PROBE_TIMEOUT_S, SIGNAL_DELAY_S, TIME_LIMIT_MIN, TIMEOUT_STEPS, sacct_state, wait_for,
+                        wait_for_state)
 
 pytestmark = pytest.mark.slurm
 
@@ -145,15 +146,16 @@ def test_scancel_reads_cancelled_in_status_and_a_rerun_resumes(slurm_cluster, jo
     assert len(mlflow_runs_of(tracking_uri, rd.run_id)) == 1
 
 
-@pytest.mark.timeout(200)
+@pytest.mark.timeout(300)
 def test_time_limit_requeue_resumes_and_leaves_one_mlflow_run(slurm_cluster, job_dir: Path, tiny_data: dict,
                                                                tracking_uri: str) -> None:
-    # --time=1 and the USR2 warning 55 s before it: the signal comes on the controller's first time-limit
-    # check at least 5 s in (5-35 s in); 45 steps of 1 s cannot finish before; resumed steps take 0.05 s.
-    steps, max_timeouts = 45, 3
+    # A real time limit (slurm_util.TIME_LIMIT_MIN): the USR2 warning comes 30-60 s in, before the 1-s steps
+    # can finish; resumed steps take 0.05 s.
+    steps, max_timeouts = TIMEOUT_STEPS, 3
     spec = write_spec(job_dir / "timeout.yaml", "slurm_timeout", tiny_data, {"count": {}}, train={"max_steps": steps})
     results = job_dir / "results"
-    resources = ResourceSpec(timeout_min=1, signal_delay_s=55, max_num_timeout=max_timeouts)
+    resources = ResourceSpec(timeout_min=TIME_LIMIT_MIN, signal_delay_s=SIGNAL_DELAY_S,
+                             max_num_timeout=max_timeouts)
 
     outcome = drive(spec, results, tracking_uri, SlowCounterTarget(1.0, resumed_step_s=0.05), resources=resources)
 

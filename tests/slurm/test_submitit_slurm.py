@@ -25,7 +25,7 @@ from slurm_jobs import (
     train_tiny_gathered,
     uninterrupted_result,
 )
-from slurm_util import PROBE_TIMEOUT_S, wait_for, wait_for_state
+from slurm_util import PROBE_TIMEOUT_S, SIGNAL_DELAY_S, TIME_LIMIT_MIN, TIMEOUT_STEPS, wait_for, wait_for_state
 
 pytestmark = pytest.mark.slurm
 
@@ -90,16 +90,15 @@ def test_scontrol_requeue_resumes_from_checkpoint(slurm_executor, job_dir: Path)
     wait_for_state(job.job_id, "COMPLETED", SETTLE_S)
 
 
-@pytest.mark.timeout(200)
+@pytest.mark.timeout(300)
 def test_time_limit_checkpoints_requeues_and_resumes(slurm_executor, job_dir: Path) -> None:
-    # --time=1 with the USR2 warning 55 s before the end: sent on the controller's first time-limit check
-    # at least 5 s in (checks come every ~30 s, so 5-35 s in). 45 steps of 1 s cannot finish before it;
-    # the resumed run steps every 0.05 s and normally ends before the next check. A second requeue is
-    # allowed: the signal can come late.
-    steps, max_timeouts = 45, 3
+    # A real time limit (see slurm_util.TIME_LIMIT_MIN): the USR2 warning comes 30-60 s in, before the
+    # 1-s steps can finish; the resumed run steps every 0.05 s and ends long before the next check.
+    # A second requeue is allowed: the signal can come late.
+    steps, max_timeouts = TIMEOUT_STEPS, 3
     work = job_dir / "work"
     work.mkdir()
-    executor = slurm_executor(time=1, signal_delay_s=55, max_num_timeout=max_timeouts)
+    executor = slurm_executor(time=TIME_LIMIT_MIN, signal_delay_s=SIGNAL_DELAY_S, max_num_timeout=max_timeouts)
     job = executor.submit(ResumableCounter(), str(work), steps, 1.0, 0.05)
     result = job.result()
 

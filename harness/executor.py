@@ -289,8 +289,18 @@ class Runner:
             return local_parameters(res)
         return {"timeout_min": res.timeout_min}
 
+    def job_threads(self, run: PlannedRun) -> Optional[int]:
+        """torch threads per job: ``cpus_per_task`` when set; local jobs share the cores of this
+        machine (``cpu_count // parallelism``); SLURM jobs read their allocation inside the job."""
+        cpus = self.resources(run).slurm.cpus_per_task
+        if cpus is not None:
+            return cpus
+        if self.cluster == "local":
+            return max(1, (os.cpu_count() or 1) // self.parallelism)
+        return None
+
     def _job(self, run: PlannedRun) -> RunJob:
-        return RunJob(run.run_dir, run.config.to_yaml(), self.target(run.kind))
+        return RunJob(run.run_dir, run.config.to_yaml(), self.target(run.kind), self.job_threads(run))
 
     # -------------------------------------------------------------- main entry
     def execute(self, plan: Plan, dry_run: bool = False) -> dict[str, RunOutcome]:

@@ -21,7 +21,7 @@ import sys
 import threading
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Optional, Union
 
 import submitit
 
@@ -147,13 +147,45 @@ class _Preemption:
             signal.signal(self.sig, self.original)
 
 
-class RunJob(submitit.helpers.Checkpointable):
-    """One run as a submitit job: ``RunJob(run_dir, config_yaml, target)()`` → the result dict."""
+def job_threads(requested: Optional[int] = None) -> Optional[int]:
+    """CPU threads a job's torch may use: ``requested``, else SLURM's ``--cpus-per-task``, else None.
 
-    def __init__(self, run_dir: str | Path, config_yaml: str, target: JobTarget):
+    None leaves torch's default (every core). Jobs sharing a machine (the local executor running
+    ``parallelism`` jobs at once) must not each use every core: oversubscribed OpenMP threads made a
+    smoke run ~4x slower on 2 cores (README "Timings").
+    """
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f"threads={requested}; expected >= 1")
+        return requested
+    env = os.environ.get("SLURM_CPUS_PER_TASK")
+    if env and env.isdigit() and int(env) >= 1:
+        return int(env)
+    return None
+
+
+def apply_job_threads(threads: Optional[int]) -> None:
+    """Limit torch's intra-op threads (and OpenMP's, for libraries started later) to ``threads``."""
+    if threads is None:
+        return
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+class RunJob(submitit.helpers.Checkpointable):
+    """One run as a submitit job: ``RunJob(run_dir, config_yaml, target, threads)()`` → the result dict.
+
+    ``threads``: torch threads for the job (see :func:`job_threads`; None = SLURM's allocation or
+    torch's default).
+    """
+
+    def __init__(self, run_dir: str | Path, config_yaml: str, target: JobTarget, threads: Optional[int] = None):
         self.run_dir = str(run_dir)
         self.config_yaml = config_yaml
         self.target = target
+        self.threads = threads
 
     def __call__(self) -> dict[str, Any]:
         import yaml
@@ -168,6 +200,7 @@ class RunJob(submitit.helpers.Checkpointable):
             rd.write_state("running", job_id=_job_id(), host=os.uname().nodename, pid=os.getpid())
         preemption = _Preemption()
         try:
+            apply_job_threads(job_threads(getattr(self, "threads", None)))
             config = RunConfig.model_validate(yaml.safe_load(self.config_yaml))
             with preemption.installed():
                 try:
@@ -201,4 +234,5 @@ class RunJob(submitit.helpers.Checkpointable):
         """Called by submitit on timeout/preemption: mark requeued and resubmit the same job."""
         if _is_rank_zero():
             RunDir(self.run_dir).write_state("requeued", job_id=_job_id(), reason="timeout or preemption signal")
-        return submitit.helpers.DelayedSubmission(RunJob(self.run_dir, self.config_yaml, self.target), *args, **kwargs)
+        return submitit.helpers.DelayedSubmission(
+            RunJob(self.run_dir, self.config_yaml, self.target, getattr(self, "threads", None)), *args, **kwargs)

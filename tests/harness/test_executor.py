@@ -305,3 +305,46 @@ def test_slurm_cancelled_job_reads_cancelled(tmp_path):
     assert not thread.is_alive()
     assert box["out"][run.run_id].state == "cancelled"
     assert run_status(rd) == "cancelled" and rd.state() == "cancelled"
+
+
+def threads_engine(config, run_dir) -> dict:
+    """Records the torch threads and OMP_NUM_THREADS the job runs with."""
+    import os as _os
+
+    import torch
+
+    result = {"status": "done", "threads": torch.get_num_threads(), "omp": _os.environ.get("OMP_NUM_THREADS")}
+    (Path(run_dir) / "result.json").write_text(json.dumps(result))
+    return result
+
+
+def test_local_jobs_share_the_cores_instead_of_oversubscribing(tmp_path, monkeypatch):
+    monkeypatch.setattr("harness.executor.os.cpu_count", lambda: 8)
+    plan = expand(load_spec(write_spec(tmp_path / "s.yaml", {"a": {}, "b": {"set": {"model.frames": 4}}}, FAST)), "full", tmp_path / "r")
+    run = plan.runs[0]
+    assert Runner(tmp_path / "r", "local", parallelism=2).job_threads(run) == 4
+    assert Runner(tmp_path / "r", "local", parallelism=16).job_threads(run) == 1
+    assert Runner(tmp_path / "r", "slurm").job_threads(run) is None  # read from SLURM_CPUS_PER_TASK in the job
+    pinned = ResourceSpec(slurm=SlurmSpec(cpus_per_task=3))
+    assert Runner(tmp_path / "r", "slurm", resources=pinned).job_threads(run) == 3
+    assert Runner(tmp_path / "r", "local", parallelism=2, resources=pinned).job_threads(run) == 3
+    # the jobs themselves run with the threads they were given (real subprocesses: one thread each)
+    monkeypatch.setattr("harness.executor.os.cpu_count", lambda: 2)
+    runner = Runner(tmp_path / "r", "local", job_targets={"train": threads_engine}, parallelism=2, poll_s=0.1, log=lambda m: None)
+    outcomes = runner.execute(plan)
+    assert {o.state for o in outcomes.values()} == {"done"}
+    for r in plan.runs:
+        assert RunDir(r.run_dir).result()["threads"] == 1
+        assert RunDir(r.run_dir).result()["omp"] == "1"
+
+
+def test_job_threads_follow_the_slurm_allocation(monkeypatch):
+    from harness.jobs import job_threads
+
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    assert job_threads(None) is None
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "6")
+    assert job_threads(None) == 6
+    assert job_threads(2) == 2  # an explicit request wins
+    with pytest.raises(ValueError, match="threads=0"):
+        job_threads(0)

@@ -89,3 +89,19 @@ def test_optuna_trials_end_to_end(benchmark, fast: CandidateFusion) -> None:
     best = benchmark.pedantic(run, rounds=2, iterations=1)
     assert 0.0 < best < 1.0
     benchmark.extra_info["trials_per_s"] = 100.0 / benchmark.stats.stats.mean
+
+
+def test_fused_cell_at_a_study_lambda(benchmark, scores) -> None:
+    """`bikebench table6 --lambda-from`: one fused top-1 cell recomputed from a cached 20,000 × 400 split
+    (both transforms + fusion + top-1; a cell costs two of these: the study's λ and the run's own)."""
+    from pathlib import Path
+
+    from harness.tuning import ScoreCache, fused_metric
+
+    s_v, s_a, labels = scores
+    cache = ScoreCache(run_dir=Path("."), directory=Path("."), split="val", video_scores=s_v, attr_scores=s_a,
+                       labels=labels, video_ids=[str(i) for i in range(N)], classes=[str(k) for k in range(K)])
+    value = benchmark.pedantic(lambda: fused_metric(cache, 0.6, "top1", "softmax"), rounds=3, iterations=1)
+    a = transform_scores(s_v)
+    b = transform_scores(s_a)
+    assert value == pytest.approx(100.0 * (fused_top1_full(a, b, 0.6) == labels).mean(), abs=1e-9)

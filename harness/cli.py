@@ -1,12 +1,12 @@
 """``bikebench``: the command line of the harness.
 
     bikebench run SPEC [SPEC ...] [--scale smoke|full] [--executor local|slurm|debug] [--dry-run] [key=value ...]
-    bikebench table6 [--scale smoke|full] [--executor local|slurm|debug] [--dry-run] [key=value ...]
+    bikebench table6 [--scale smoke|full] [--executor local|slurm|debug] [--dry-run] [--lambda-from STUDY] [key=value ...]
     bikebench status [SPEC] [--scale smoke|full]
     bikebench sync
     bikebench world build [--size default|test] [--root DIR] [--seed N]
     bikebench check [...]            (harness.check)
-    bikebench tune SWEEP [key=value ...]   (harness.tuning)
+    bikebench tune SWEEP [key=value ...] [--workers N] [--executor local|slurm|debug] [resources]   (harness.tuning)
     bikebench mlflow-uri
 
 Every command takes ``--results DIR`` (default ./results, made absolute) and ``--tracking-uri URI``
@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("table6", help="run Table 6 and compare it with the paper")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--spec", default=None, help="Table 6 spec (default: experiments/table6.yaml)")
+    p.add_argument("--lambda-from", default=None, metavar="STUDY",
+                   help="fused (V+A) cells at the λ of an Optuna study: its best.json, its directory, or a study name "
+                        "under <results>/studies (recomputed from the runs' cached scores; nothing re-runs)")
     _common(p), _world_options(p), _submit_options(p)
 
     p = sub.add_parser("status", help="state of every run (from the run directories)")
@@ -109,7 +112,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///<results>/mlflow.db)")
     p.add_argument("--results", default="results", help="results directory of the default tracking URI")
     p.add_argument("--no-track", action="store_true", help="do not log the study to MLflow")
-    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--workers", type=int, default=None,
+                   help="workers sharing the study, submitted as ONE job array (default: the sweep's `workers`)")
+    p.add_argument("--executor", choices=EXECUTOR_CHOICES, default=None,
+                   help="where the workers run (default: the sweep's `executor`, else local); "
+                        "one worker runs in this process unless slurm")
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between polls of the worker array")
+    res = p.add_argument_group("worker resources (override the sweep's `resources`)")
+    res.add_argument("--timeout-min", type=float, default=None, help="wall-clock limit of each worker task")
+    res.add_argument("--partition")
+    res.add_argument("--cpus-per-task", type=int)
+    res.add_argument("--mem")
+    res.add_argument("--time", help="SLURM time limit: minutes or [D-]HH:MM:SS")
+    res.add_argument("--account")
+    res.add_argument("--qos")
+    res.add_argument("--constraint")
+    res.add_argument("--array-parallelism", type=int, help="how many worker tasks may run at once")
+    res.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE", help="extra sbatch option (repeatable)")
 
     p = sub.add_parser("mlflow-uri", help="print the tracking URI in use")
     _common(p)
@@ -179,8 +198,13 @@ def cmd_table6(args: argparse.Namespace) -> int:
     from harness.table6 import TABLE6_SPEC, run_table6
 
     results = Path(args.results).resolve()
+    study = None
+    if args.lambda_from:  # read and checked before the world is built or anything is submitted
+        from harness.tuning import load_study_lambda
+
+        study = load_study_lambda(args.lambda_from, results)
     kwargs = _drive_kwargs(args, results)
-    drive = run_table6(spec_path=args.spec or TABLE6_SPEC, overrides=args.overrides, **kwargs)
+    drive = run_table6(spec_path=args.spec or TABLE6_SPEC, overrides=args.overrides, lambda_from=study, **kwargs)
     return 0 if drive.ok else 1
 
 
@@ -266,8 +290,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from harness.tracking import resolve_tracking_uri
     from harness.tuning import tune_main
 
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"command line: --workers {args.workers}; expected >= 1")
     uri = None if args.no_track else resolve_tracking_uri(args.tracking_uri, Path(args.results).resolve())
-    return tune_main(args.sweep, args.overrides, tracking_uri=uri, workers=args.workers)
+    return tune_main(args.sweep, args.overrides, tracking_uri=uri, workers=args.workers, executor=args.executor,
+                     resources=_resources(args), poll_s=args.poll)
 
 
 def cmd_mlflow_uri(args: argparse.Namespace) -> int:

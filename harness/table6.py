@@ -11,6 +11,14 @@
 * ``<results>/table6.md``: ours beside the paper (``harness.tables``; a plain table if missing),
 
 prints the table and attaches both files to the MLflow parent run of (table6, scale).
+
+With ``lambda_from`` (``bikebench table6 --lambda-from STUDY``) every cell whose metric is a fused one
+(``fused_top1``, ``fused_top5``, ``fused_mean_class``) is recomputed from its run's cached scores of the
+reported split (``<run>/cache/<eval.split>/``) at the λ of an Optuna study's ``best.json``
+(:func:`study_lambda_cells`; no network runs). ``table6.md`` then shows the study-λ value beside the
+paper, with the run's own fixed-λ value in parentheses, and notes where λ comes from (loudly when the
+study tuned on the reported split); the recomputed cells go to ``<results>/table6_lambda.json``.
+``table6_results.json`` keeps the runs' own fixed-λ values (what ``bikebench check`` compares).
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 from harness.executor import Runner, RunOutcome
 from harness.expand import Plan, WorldProvider, bike_world, default_world_root, expand
@@ -27,11 +35,19 @@ from harness.jobs import JobTarget
 from harness.rundir import RunDir, atomic_write_json, atomic_write_text
 from harness.spec import ResourceSpec, Spec, load_spec
 
+if TYPE_CHECKING:
+    from harness.tuning import StudyLambda
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TABLE6_SPEC = REPO_ROOT / "experiments" / "table6.yaml"
 TABLE6_RESULTS = "table6_results.json"
 TABLE6_MISSING = "table6_missing.json"
 TABLE6_MARKDOWN = "table6.md"
+TABLE6_LAMBDA = "table6_lambda.json"
+#: result.json metric of a fused cell -> the metric recomputed at the study's λ (harness.tuning.fused_metric).
+FUSED_CELL_METRICS = {"fused_top1": "top1", "fused_top5": "top5", "fused_mean_class": "mean_class"}
+#: Largest |recomputed at the run's own λ − result.json| (percent) tolerated without a note.
+FIXED_RECHECK_TOL = 1e-6
 
 
 @dataclass
@@ -105,20 +121,117 @@ def plain_markdown(cells: Sequence[Mapping[str, Any]], missing: Sequence[Mapping
     return "\n".join(lines) + "\n"
 
 
-def render_table6(cells: Sequence[Mapping[str, Any]], missing: Sequence[Mapping[str, Any]], scale: str) -> str:
-    """Ours beside the paper via ``harness.tables`` (a plain table when it cannot be imported)."""
+def render_table6(
+    cells: Sequence[Mapping[str, Any]], missing: Sequence[Mapping[str, Any]], scale: str, notes: Sequence[str] = ()
+) -> str:
+    """Ours beside the paper via ``harness.tables`` (a plain table when it cannot be imported);
+    ``notes`` go under the title (e.g. where the λ of the fused cells comes from)."""
     title = f"Table 6: Ablation studies on Kinetics-400 — ours ({scale} scale) beside the paper"
     try:
         from harness.registry import load_registry
         from harness.tables import render_table6_markdown
 
-        text = render_table6_markdown(load_registry(), list(cells), title=title)
+        text = render_table6_markdown(load_registry(), list(cells), title=title, notes=notes)
     except Exception as exc:  # noqa: BLE001 - finished runs must still give a table
-        return plain_markdown(cells, missing, f"{title} (paper columns unavailable: {type(exc).__name__}: {exc})")
+        text = plain_markdown(cells, missing, f"{title} (paper columns unavailable: {type(exc).__name__}: {exc})")
+        head, _, rest = text.partition("\n\n")
+        return head + "\n\n" + "".join(f"> {n}\n\n" for n in notes) + rest
     if missing:
         text += "\n\n## Cells without a value of ours\n\n"
         text += "\n".join(f"- {m['table']} `{m['row']}` / `{m['column']}`: {m['reason']}" for m in missing) + "\n"
     return text
+
+
+def _fmt_lambda(lam: float) -> str:
+    return f"{lam:.3f}".rstrip("0").rstrip(".") if lam not in (0.0, 1.0) else f"{lam:.0f}"
+
+
+def study_lambda_cells(
+    cells: Sequence[Mapping[str, Any]], results: str | Path, study: "StudyLambda"
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Recompute every fused cell (metric in :data:`FUSED_CELL_METRICS`) at the study's λ.
+
+    For each such cell: the run's ``config.yaml`` gives the reported split (``eval.split``), its
+    ``fusion.transform`` and its own λ; ``<run>/cache/<split>/`` gives ``video_scores``, ``attr_scores``
+    and labels (``harness.tuning.load_score_cache``); the value is ``harness.tuning.fused_metric`` at
+    ``study.best_lambda``. No network runs. The returned cell has ``value`` = the study-λ value, and
+    ``fixed_value`` / ``fixed_lambda`` = the run's own (result.json) value and λ, plus ``lambda``,
+    ``lambda_from``, ``lambda_split``, ``lambda_transform``. Other cells are returned unchanged.
+
+    Returns (cells, notes for the table). Raises :class:`harness.tuning.StudyLambdaError` (a
+    ConfigError) when a run's classes differ from the study's, or its cache cannot be read.
+    """
+    from bike.config import RunConfig
+    from harness.tuning import CacheError, StudyLambdaError, fused_metric, load_score_cache
+
+    results = Path(results)
+    out: list[dict[str, Any]] = []
+    recomputed: list[dict[str, Any]] = []
+    checks: list[str] = []
+    caches: dict[str, Any] = {}
+    for cell in cells:
+        metric = FUSED_CELL_METRICS.get(str(cell.get("metric")))
+        if metric is None or not cell.get("run_id"):
+            out.append(dict(cell))
+            continue
+        where = f"cell {cell['table']}/{cell['row']}/{cell['column']} (run {cell['run_id']})"
+        run_dir = RunDir.for_run(results, str(cell["run_id"])).path
+        try:
+            if cell["run_id"] not in caches:
+                if not (run_dir / "config.yaml").is_file():
+                    raise CacheError(f"{run_dir / 'config.yaml'}: file not found (the run's split, λ and transform come from it)")
+                config = RunConfig.from_yaml(run_dir / "config.yaml")
+                caches[cell["run_id"]] = load_score_cache(run_dir, config.eval.split)
+            cache = caches[cell["run_id"]]
+            if list(cache.classes) != list(study.classes):
+                first = next((i for i, (a, b) in enumerate(zip(cache.classes, study.classes)) if a != b), None)
+                detail = (f"class {first}: {cache.classes[first]!r} vs the study's {study.classes[first]!r}" if first is not None
+                          else f"{len(cache.classes)} classes vs the study's {len(study.classes)}")
+                raise StudyLambdaError(
+                    f"{study.path}: the study's classes (source run {study.source_run}, {study.split} split) do not match "
+                    f"{where}: {cache.directory / 'manifest.json'} lists other classes ({detail}); "
+                    "a λ tuned on other classes does not apply"
+                )
+            config = cache.config
+            transform = config.fusion.transform
+            value = fused_metric(cache, study.best_lambda, metric, transform)
+            recheck = fused_metric(cache, config.fusion_lambda, metric, transform)
+        except CacheError as exc:
+            raise StudyLambdaError(f"--lambda-from {study.study}: {where}: cannot recompute its fused score: {exc}") from None
+        fixed = float(cell["value"])
+        if abs(recheck - fixed) > FIXED_RECHECK_TOL:
+            checks.append(
+                f"{where}: recomputed at its own λ = {_fmt_lambda(config.fusion_lambda)} from {cache.directory} it gives "
+                f"{recheck:.4f}, not the {fixed:.4f} of result.json: that cache may not be the one its metrics came from."
+            )
+        new = {**cell, "value": value, "fixed_value": fixed, "fixed_lambda": config.fusion_lambda,
+               "lambda": study.best_lambda, "lambda_from": study.study, "lambda_split": cache.split,
+               "lambda_transform": transform}
+        out.append(new)
+        recomputed.append(new)
+    if not recomputed:
+        return out, [f"λ from study {study.study}: no fused (V+A) cell of ours to recompute."]
+    splits = sorted({c["lambda_split"] for c in recomputed})
+    k = study.best_params.get("k")
+    notes = [
+        f"**V+A cells: λ = {_fmt_lambda(study.best_lambda)} from study `{study.study}`** (tuned on the {study.split} split"
+        + (f", jointly with k = {k}" if k is not None else "")
+        + f"; optimum on [{study.lam_interval[0]:.4f}, {study.lam_interval[1]:.4f}]; `{study.path}`), applied to each run's "
+        f"cached scores of its reported split ({', '.join(splits)}) with the run's own transform and k. "
+        "In parentheses: the run's own fixed λ and its value (as in table6_results.json)."
+    ]
+    if study.tuned_on_reported_split or study.split in splits:
+        notes.append(
+            f"**⚠ λ WAS TUNED ON THE REPORTED SPLIT** (study `{study.study}`: tune_on = {study.tune_on}, split = "
+            f"{study.split}): the V+A numbers below were selected on the videos they are reported on and are optimistic."
+        )
+    transforms = sorted({c["lambda_transform"] for c in recomputed})
+    if study.transform and any(t != study.transform for t in transforms):
+        notes.append(
+            f"The study tuned λ for the {study.transform} transform; some runs fuse with {', '.join(transforms)}: "
+            "their λ is applied as it is."
+        )
+    return out, notes + checks
 
 
 def log_to_mlflow(plan: Plan, results: Path, tracking_uri: Optional[str], log: Callable[[str], None]) -> Optional[str]:
@@ -186,11 +299,22 @@ def run_table6(
     overrides: Sequence[str] = (),
     dry_run: bool = False,
     out: Any = None,
+    lambda_from: "str | Path | StudyLambda | None" = None,
     **kwargs: Any,
 ) -> DriveResult:
-    """``bikebench table6``: run Table 6 and write/print/log its results (see the module docstring)."""
+    """``bikebench table6``: run Table 6 and write/print/log its results (see the module docstring).
+
+    ``lambda_from``: a study (best.json path, study directory, study name under ``<results>/studies``,
+    or a loaded :class:`harness.tuning.StudyLambda`) whose λ the fused cells of the table use; read
+    and checked before anything is submitted.
+    """
+    from harness.tuning import StudyLambda, load_study_lambda
+
     out = out if out is not None else sys.stdout
     results = Path(results).resolve()
+    study = None
+    if lambda_from is not None:
+        study = lambda_from if isinstance(lambda_from, StudyLambda) else load_study_lambda(lambda_from, results)
     spec = load_spec(spec_path, overrides)
     drive = run_specs([spec], scale=scale, cluster=cluster, results=results, tracking_uri=tracking_uri,
                       dry_run=dry_run, log=lambda m: print(m, file=out), **kwargs)
@@ -201,16 +325,23 @@ def run_table6(
     atomic_write_json(results_path, drive.cells)
     atomic_write_json(results / f"table6_results_{scale}.json", drive.cells)
     atomic_write_json(missing_path, drive.missing)
-    text = render_table6(drive.cells, drive.missing, scale)
+    table_cells: list[dict[str, Any]] = list(drive.cells)
+    notes: list[str] = []
+    artifacts = [results_path, missing_path, results / TABLE6_MARKDOWN]
+    if study is not None:
+        table_cells, notes = study_lambda_cells(drive.cells, results, study)
+        atomic_write_json(results / TABLE6_LAMBDA, [c for c in table_cells if "fixed_value" in c])
+        artifacts.append(results / TABLE6_LAMBDA)
+    else:
+        (results / TABLE6_LAMBDA).unlink(missing_ok=True)  # a previous --lambda-from's cells no longer match table6.md
+    text = render_table6(table_cells, drive.missing, scale, notes=notes)
     atomic_write_text(results / TABLE6_MARKDOWN, text)
     print(text, file=out)
     if kwargs.get("track", True) and drive.tracking_error is None:
         try:
             from harness.tracking import Tracker
 
-            Tracker(results, tracking_uri).log_parent_artifacts(
-                spec.name, scale, [results_path, missing_path, results / TABLE6_MARKDOWN]
-            )
+            Tracker(results, tracking_uri).log_parent_artifacts(spec.name, scale, artifacts)
         except Exception as exc:  # noqa: BLE001
             print(f"MLflow: could not attach the table ({exc}); `bikebench sync` does not attach tables", file=out)
     return drive

@@ -6,6 +6,10 @@ dicts ``{table, row, column, value, std?, scale?, run_id?, variant?}`` or
 *Δ = ours − paper*. Missing numbers are shown as "–". Rows follow the paper's order; other variants
 of a row (``variant`` set) follow their paper row, and rows the paper does not have come last.
 
+A cell of ours recomputed at another fusion λ than its run's (``harness.table6.study_lambda_cells``:
+fields ``fixed_value`` and ``fixed_lambda`` beside ``value``) shows the run's own value in parentheses,
+e.g. ``75.0 (λ=0.6: 74.0)``; Δ compares the first value with the paper.
+
 When any of our cells is not full scale (e.g. the smoke-scale miniature world), a note under the
 title says so: the paper column always holds the published full-scale number and Δ is shown for
 tracking only.
@@ -49,7 +53,21 @@ class CellView:
         text = f"{self.ours.value:.{self.decimals}f}"
         if self.ours.std is not None:
             text += f" ± {self.ours.std:.{self.decimals}f}"
+        fixed = self.fixed_value
+        if fixed is not None:
+            lam = (self.ours.model_extra or {}).get("fixed_lambda")
+            at = f"λ={float(lam):.3g}" if isinstance(lam, (int, float)) else "fixed λ"
+            text += f" ({at}: {fixed:.{self.decimals}f})"
         return text
+
+    @property
+    def fixed_value(self) -> Optional[float]:
+        """The run's own value at its fixed λ, when ours was recomputed at another λ (cell field
+        ``fixed_value``, beside ``fixed_lambda``; see ``harness.table6.study_lambda_cells``)."""
+        if self.ours is None:
+            return None
+        value = (self.ours.model_extra or {}).get("fixed_value")
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
     def delta_text(self) -> str:
         d = self.delta
@@ -206,6 +224,7 @@ _LATEX_SPECIAL = {
     "–": "--",
     "−": "$-$",
     "≈": r"$\approx$",
+    "λ": r"$\lambda$",
     "*": r"$^*$",
     "×": r"$\times$",
     "²": r"$^2$",
@@ -310,14 +329,21 @@ def render_table6_markdown(
     title: str = "Table 6: Ablation studies on Kinetics-400 — ours beside the paper",
     include_derived: bool = False,
     tables: Sequence[str] = TABLE6_IDS,
+    notes: Sequence[str] = (),
 ) -> str:
-    """All nine sub-tables of Table 6 in one Markdown document (``results/table6.md``)."""
+    """All nine sub-tables of Table 6 in one Markdown document (``results/table6.md``).
+
+    ``notes`` are document-level notes printed as block quotes under the title (e.g. where the λ of
+    the fused cells comes from).
+    """
     cells = coerce_results(results)
     scales = sorted({c.scale or "unspecified" for c in cells})
     lines = [f"# {title}", ""]
     note = scale_note(scales)
     if note:
         lines += [f"> **Scale.** {note}", ""]
+    for extra in notes:
+        lines += [f"> {extra}", ""]
     counted = [c for c in cells if c.table in tables]
     lines += [f"{len(counted)} cell(s) of ours; paper values from `{registry.path.name if registry.path else 'registry'}`. Missing: {MISSING}.", ""]
     for t in tables:

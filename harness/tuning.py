@@ -14,6 +14,16 @@ Tuning uses a held-out part of the training list by default (``tune_on: holdout`
 must have evaluated the ``tune`` split); tuning on the reported split must be asked for
 (``tune_on: reported``) and is tagged as such everywhere it is recorded.
 
+Several workers share one study through its storage. ``workers > 1`` go out through submitit as ONE
+job array (:func:`run_worker_array`; ``executor: local | slurm | debug`` and ``resources`` in the sweep,
+overridden on the command line), each task a :class:`StudyWorker`; the parent waits for the array and
+fails naming each failed task and its log. One worker runs in the parent process unless the executor
+is ``slurm``. With SLURM and the default storage the study goes to a journal file in its directory.
+
+A finished study's ``best.json`` can feed other tables: :func:`load_study_lambda` reads and checks it,
+:func:`fused_metric` recomputes a fused metric of any run's cached split at that λ
+(``bikebench table6 --lambda-from STUDY``, :mod:`harness.table6`).
+
 Trials are logged to MLflow after the optimisation (a parent run per study, a child run per trial),
 so that logging costs stay outside the trial loop. ``mlflow`` and ``matplotlib`` are imported only
 inside the functions that need them.
@@ -31,6 +41,7 @@ import re
 import sys
 import tempfile
 import time
+import typing
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -42,12 +53,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bike.config import ConfigError, RunConfig
 from harness.lambda_exact import CandidateFusion, LambdaCurve, exact_lambda_curve, transform_scores
+from harness.spec import ResourceSpec
 
 log = logging.getLogger(__name__)
 
 EncodeSentences = Callable[[list[str]], np.ndarray]
 ObjectiveName = Literal["fused_top1", "fused_mean_class"]
 TransformName = Literal["softmax", "cosine"]
+ExecutorName = Literal["local", "slurm", "debug"]
+#: Wall-clock limit of one study worker task when the sweep's ``resources.timeout_min`` is unset.
+DEFAULT_WORKER_TIMEOUT_MIN = 60.0
+#: Seconds between polls of the worker array's jobs.
+DEFAULT_WORKER_POLL_S = 1.0
+#: File names of the default storages under the study directory.
+SQLITE_FILE = "optuna.db"
+JOURNAL_FILE = "journal.log"
 #: objective -> metric of :func:`harness.lambda_exact.exact_lambda_curve`.
 OBJECTIVE_METRIC = {"fused_top1": "top1", "fused_mean_class": "mean_class"}
 #: Cache layout (bike.engine.caches): <run_dir>/cache/<split>/{manifest.json, *.npy, video_ids.json}.
@@ -587,12 +607,32 @@ class SweepSpec(_Strict):
     sampler: Literal["tpe", "grid"] = "tpe"
     seed: int = 0
     n_trials: int = Field(50, ge=1, description="Trials per worker.")
-    workers: int = Field(1, ge=1, description="Local worker processes sharing the study.")
+    workers: int = Field(1, ge=1, description="Workers sharing the study: one submitit job array of this many tasks.")
+    executor: Optional[ExecutorName] = Field(
+        None,
+        description="Where the workers run: submitit 'local' (default), 'slurm' or 'debug'. One worker runs in "
+        "this process unless 'slurm' is named.",
+    )
+    resources: ResourceSpec = Field(
+        default_factory=lambda: ResourceSpec(timeout_min=DEFAULT_WORKER_TIMEOUT_MIN),
+        description="Per worker task: timeout_min (wall-clock limit) and slurm.{partition, time, cpus_per_task, mem, "
+        "account, qos, array_parallelism, ...} (harness.spec.ResourceSpec).",
+    )
     timeout_s: Optional[float] = Field(None, gt=0)
-    storage: Optional[str] = Field(None, description="null: sqlite under results_dir; 'journal:<path>'; any database URL.")
+    storage: Optional[str] = Field(
+        None,
+        description="null: sqlite under the study directory (journal file with executor 'slurm'); "
+        "'journal:<path>'; any database URL.",
+    )
     results_dir: str = "results"
     experiment: Optional[str] = Field(None, description="MLflow experiment (default: bikebench-tune).")
     space: SearchSpace = SearchSpace()
+
+    @field_validator("resources", mode="after")
+    @classmethod
+    def _resources_with_limit(cls, v: ResourceSpec) -> ResourceSpec:
+        """A worker task always has a wall-clock limit: ``timeout_min`` defaults to DEFAULT_WORKER_TIMEOUT_MIN."""
+        return ResourceSpec(timeout_min=DEFAULT_WORKER_TIMEOUT_MIN).merged(v)
 
     @model_validator(mode="after")
     def _check(self) -> "SweepSpec":
@@ -633,11 +673,27 @@ def _format_errors(source: str | Path, exc: ValidationError) -> str:
         loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("literal[", "float", "int", "list[", "FloatRange", "IntRange", "function-")))
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown field (allowed: see SweepSpec / SearchSpace in harness/tuning.py)"
+            msg = f"unknown field (allowed: {', '.join(_allowed_fields(err['loc']))})"
         elif err["type"] == "literal_error" and "expected" in err.get("ctx", {}):
             msg = f"expected one of {err['ctx']['expected']}"
         lines.append(f"  {loc or '<root>'}: got {err.get('input')!r}; {msg}")
     return "\n".join(dict.fromkeys(lines))
+
+
+def _allowed_fields(loc: Sequence[Any]) -> list[str]:
+    """The field names of the model that holds the unknown key at ``loc`` (SweepSpec, SearchSpace,
+    ResourceSpec, SlurmSpec, ...), for the error message."""
+    model: Any = SweepSpec
+    for part in list(loc)[:-1]:
+        info = getattr(model, "model_fields", {}).get(str(part))
+        if info is None:
+            break
+        candidates = [info.annotation, *typing.get_args(info.annotation)]
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            break
+        model = nested[0]
+    return sorted(getattr(model, "model_fields", {}))
 
 
 def _set_dotted(raw: dict, dotted: str, value: Any, source: str) -> None:
@@ -745,7 +801,7 @@ TextSideFactory = Callable[[ScoreCache], TextSide]
 
 @dataclass
 class ProblemFactory:
-    """Builds the :class:`FusionProblem` of a spec in any process (picklable for spawn workers).
+    """Builds the :class:`FusionProblem` of a spec in any process (picklable: submitit sends it to the worker tasks).
 
     Args:
         spec: the sweep spec.
@@ -870,12 +926,44 @@ def make_objective(problem: FusionProblem, space: SearchSpace, k_max: Optional[i
 
 
 # =============================================================================== storage/sampler
-def resolve_storage(spec: SweepSpec, study_dir: Path) -> str:
-    """The storage string: the spec's, or ``sqlite:///<study_dir>/optuna.db`` (absolute)."""
+def _absolute_storage(storage: str) -> str:
+    """``journal:<path>`` and ``sqlite:///<path>`` with the path made absolute (worker tasks may start
+    in another directory); other URLs unchanged."""
+    for prefix in ("journal:", "sqlite:///"):
+        if storage.startswith(prefix):
+            path = storage[len(prefix) :]
+            if path and path != ":memory:" and not Path(path).is_absolute():
+                return prefix + str(Path(path).resolve())
+    return storage
+
+
+def resolve_storage(spec: SweepSpec, study_dir: Path, executor: Optional[str] = None) -> str:
+    """The study's storage string, with absolute paths.
+
+    * ``spec.storage`` when given;
+    * else the storage a study under ``study_dir`` already uses: ``journal.log``, then ``optuna.db``
+      (a study started on SLURM continues in its journal when resumed locally, and the reverse);
+    * else, for ``executor == "slurm"``, the journal file ``journal:<study_dir>/journal.log``: worker
+      tasks may run on several nodes, and SQLite's file locking is not safe over a network filesystem;
+    * else ``sqlite:///<study_dir>/optuna.db``.
+    """
     if spec.storage:
-        return spec.storage
+        return _absolute_storage(spec.storage)
     study_dir.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(study_dir / 'optuna.db').resolve()}"
+    journal, sqlite = (study_dir / JOURNAL_FILE).resolve(), (study_dir / SQLITE_FILE).resolve()
+    if journal.exists():
+        return f"journal:{journal}"
+    if sqlite.exists():
+        if executor == "slurm":
+            warnings.warn(
+                f"{sqlite}: this study already lives in SQLite, so its SLURM workers share that file; that is safe on "
+                f"one node only. For workers on several nodes, start a new study with storage: journal:<path>",
+                stacklevel=2,
+            )
+        return f"sqlite:///{sqlite}"
+    if executor == "slurm":
+        return f"journal:{journal}"
+    return f"sqlite:///{sqlite}"
 
 
 def open_storage(storage: str) -> Any:
@@ -926,8 +1014,11 @@ def _create_study(spec: SweepSpec, storage: str, sampler: Any) -> Any:
     )
 
 
-def _worker_main(factory: ProblemFactory, storage: str, worker: int) -> None:
-    """One worker process: build the problem, join the study, run ``spec.n_trials`` trials."""
+def _worker_main(factory: ProblemFactory, storage: str, worker: int) -> list[int]:
+    """One worker: build the problem, join the study, run ``spec.n_trials`` trials.
+
+    Returns the numbers of the trials this worker completed.
+    """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -935,7 +1026,163 @@ def _worker_main(factory: ProblemFactory, storage: str, worker: int) -> None:
     problem = factory()
     kmax = k_high(spec.space, problem.cache)
     study = _create_study(spec, storage, make_sampler(spec, kmax, worker))
-    study.optimize(make_objective(problem, spec.space, kmax), n_trials=trials_per_worker(spec), timeout=spec.timeout_s)
+    done: list[int] = []
+
+    def record(_study: Any, trial: Any) -> None:
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            done.append(int(trial.number))
+
+    study.optimize(
+        make_objective(problem, spec.space, kmax), n_trials=trials_per_worker(spec), timeout=spec.timeout_s, callbacks=[record]
+    )
+    return done
+
+
+@dataclass
+class StudyWorker:
+    """One task of a study's worker array (a picklable callable that submitit runs on the node).
+
+    Args:
+        factory: builds the problem in the task's process (the parent has validated the caches).
+        storage: the study's storage string (absolute paths).
+        worker: the task's index in the array; seeds its sampler (``spec.seed + worker``).
+    """
+
+    factory: ProblemFactory
+    storage: str
+    worker: int
+    threads: Optional[int] = None
+
+    def __call__(self) -> dict[str, Any]:
+        """Run the worker's trials; returns ``{worker, trials, host, pid, threads, seconds}`` (also printed to the task's log).
+
+        ``threads`` (set for tasks in their own process only) caps the OpenMP/torch threads of the task,
+        so that N local tasks do not each start one thread per core (the text tower runs in torch).
+        """
+        import socket
+
+        if self.threads is not None:
+            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+                os.environ[var] = str(self.threads)
+            if "torch" in sys.modules:
+                sys.modules["torch"].set_num_threads(self.threads)
+        t0 = time.perf_counter()
+        trials = _worker_main(self.factory, self.storage, self.worker)
+        summary = {
+            "worker": self.worker,
+            "trials": trials,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "threads": self.threads,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        print(f"study {self.factory.spec.study} worker {self.worker}: {json.dumps(summary)}", flush=True)
+        return summary
+
+
+class StudyWorkerError(RuntimeError):
+    """A task of the worker array failed; the message names each failed task, its job id and its log file."""
+
+
+def _error_summary(error: BaseException) -> str:
+    """The last line of a job's traceback (submitit wraps it in a banner), else the exception's text."""
+    text = str(error)
+    if "failed during processing with trace" in text:
+        body = text.split("-" * 22)
+        trace = body[1] if len(body) >= 3 else text
+        lines = [line.strip() for line in trace.splitlines() if line.strip()]
+        if lines:
+            return lines[-1]
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
+def worker_parameters(executor: str, resources: ResourceSpec, job_name: str) -> dict[str, Any]:
+    """submitit parameters of the worker array (``harness.executor.slurm_parameters`` /
+    ``local_parameters``; the debug executor records the limit only)."""
+    from harness.executor import local_parameters, slurm_parameters
+
+    if executor == "slurm":
+        return slurm_parameters(resources, job_name=job_name)
+    if executor == "local":
+        return local_parameters(resources)
+    if executor == "debug":
+        return {"timeout_min": resources.timeout_min}
+    raise SweepSpecError(f"executor: got {executor!r}; expected one of 'local', 'slurm' or 'debug'")
+
+
+def worker_threads(executor: str, resources: ResourceSpec, workers: int) -> Optional[int]:
+    """Threads per worker task: ``slurm.cpus_per_task`` when set; local tasks share this machine's cores
+    (``cpu_count // workers``); None for debug (tasks run in this process) and for SLURM without it."""
+    if executor == "debug":
+        return None
+    if resources.slurm.cpus_per_task is not None:
+        return resources.slurm.cpus_per_task
+    if executor == "local":
+        return max(1, (os.cpu_count() or 1) // workers)
+    return None
+
+
+def run_worker_array(
+    factory: ProblemFactory,
+    storage: str,
+    workers: int,
+    executor: str,
+    resources: ResourceSpec,
+    study_dir: Path,
+    poll_s: float = DEFAULT_WORKER_POLL_S,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Submit ``workers`` :class:`StudyWorker` tasks as ONE submitit job array and wait for all of them.
+
+    Logs, pickles and results go to a folder of this invocation, ``<study_dir>/submitit/<time>-<pid>-<hex>/``
+    (one sub-folder per task). Raises :class:`StudyWorkerError` naming every failed task (index, job id,
+    the last line of its error, its stderr log) once all tasks have ended. Ctrl-C cancels the tasks.
+    Returns each task's summary, in task order.
+    """
+    from harness.executor import invocation_folder, make_executor
+
+    params = worker_parameters(executor, resources, job_name=f"tune-{factory.spec.study}")
+    folder = invocation_folder(study_dir)
+    ex = make_executor(executor, folder / "%j", resources, params)
+    with ex.batch():
+        jobs = [ex.submit(StudyWorker(factory, storage, w, worker_threads(executor, resources, workers)))
+                for w in range(workers)]
+    ids = [str(j.job_id) for j in jobs]
+    log(f"study {factory.spec.study}: {workers} worker(s) submitted as one {executor} job array "
+        f"({', '.join(ids)}); logs under {folder}")
+    try:
+        if executor != "debug":  # a debug job runs (in this process) when its outcome is asked for
+            while not all(j.done() for j in jobs):
+                time.sleep(poll_s)
+        summaries: list[dict[str, Any]] = []
+        failures: list[str] = []
+        for index, job in enumerate(jobs):
+            try:
+                error = job.exception()
+            except Exception as exc:  # noqa: BLE001 - e.g. UncompletedJobError for a killed or cancelled task
+                error = exc
+            if error is None:
+                summaries.append(job.result())
+                continue
+            failures.append(
+                f"  array task {index} (job {job.job_id}): {_error_summary(error)}\n"
+                f"    log: {job.paths.stderr}"
+            )
+    except KeyboardInterrupt:
+        for job in jobs:
+            try:
+                job.cancel(check=False)
+            except Exception:  # noqa: BLE001 - best effort
+                pass
+        log(f"study {factory.spec.study}: interrupted; cancelled the worker tasks {', '.join(ids)}")
+        raise
+    if failures:
+        raise StudyWorkerError(
+            f"study {factory.spec.study}: {len(failures)} of {workers} worker task(s) of the {executor} job array failed "
+            f"(storage {storage}; complete trials are kept, re-run to continue):\n" + "\n".join(failures)
+        )
+    return summaries
 
 
 # ================================================================================= running a study
@@ -992,23 +1239,48 @@ def run_study(
     tracking_uri: Optional[str] = None,
     artifact_location: Optional[str] = None,
     study_dir: Optional[str | Path] = None,
+    executor: Optional[str] = None,
+    resources: Optional[ResourceSpec] = None,
+    poll_s: float = DEFAULT_WORKER_POLL_S,
+    log: Callable[[str], None] = print,
 ) -> StudyResult:
-    """Run (or continue) the study; ``workers`` > 1 spawns local processes on the shared storage.
+    """Run (or continue) the study.
 
-    Each worker runs ``spec.n_trials`` trials (one when nothing is sampled). A study name is bound
-    to its source run, split, objective and space: continuing it with others is refused. Afterwards the parent computes the exact λ curve
-    for the best params, writes ``<study_dir>/best.json`` and the plots, and logs everything to
-    MLflow when ``tracking_uri`` is given (outside the timed trial loop).
+    ``workers`` (default ``spec.workers``) > 1 go out as ONE submitit job array of that many
+    :class:`StudyWorker` tasks on ``executor`` (default ``spec.executor``, else ``local``) with
+    ``spec.resources`` overridden by ``resources``; the parent waits for the array and fails with a
+    :class:`StudyWorkerError` naming each failed task and its log. One worker runs in this process
+    (no submission) unless the executor is ``slurm``. Each worker runs ``spec.n_trials`` trials (one
+    when nothing is sampled). A study name is bound to its source run, split, objective and space:
+    continuing it with others is refused. Afterwards the parent computes the exact λ curve for the
+    best params, writes ``<study_dir>/best.json`` and the plots, and logs everything to MLflow when
+    ``tracking_uri`` is given (outside the timed trial loop).
     """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     workers = workers or spec.workers
+    if workers < 1:
+        raise SweepSpecError(f"workers: got {workers}; expected >= 1")
+    cluster = executor or spec.executor or "local"
+    if cluster not in ("local", "slurm", "debug"):
+        raise SweepSpecError(f"executor: got {cluster!r}; expected one of 'local', 'slurm' or 'debug'")
+    res = spec.resources.merged(resources)
+    in_process = workers == 1 and cluster != "slurm"
+    if not in_process:
+        worker_parameters(cluster, res, job_name=f"tune-{spec.study}")  # resources that cannot work fail before anything else
+        limit_s = float(res.timeout_min or 0) * 60
+        if spec.timeout_s is not None and spec.timeout_s >= limit_s:
+            raise SweepSpecError(
+                f"timeout_s={spec.timeout_s:g} is not below the worker tasks' wall-clock limit resources.timeout_min="
+                f"{res.timeout_min:g} ({limit_s:g} s): a task would be killed in the middle of a trial; "
+                "expected timeout_s < 60 * resources.timeout_min"
+            )
     study_dir = Path(study_dir) if study_dir is not None else spec.study_dir()
     study_dir.mkdir(parents=True, exist_ok=True)
     if factory.study_dir is None:
-        factory.study_dir = str(study_dir)
-    storage = resolve_storage(spec, study_dir)
+        factory.study_dir = str(study_dir.resolve())
+    storage = resolve_storage(spec, study_dir, cluster)
     problem = factory()
     kmax = k_high(spec.space, problem.cache)
     study = _create_study(spec, storage, make_sampler(spec, kmax, 0))
@@ -1028,23 +1300,21 @@ def run_study(
             )
         study.set_user_attr(key, value)
     t0 = time.perf_counter()
-    if workers == 1:
+    if in_process:
         study.optimize(make_objective(problem, spec.space, kmax), n_trials=trials_per_worker(spec), timeout=spec.timeout_s)
+        worker_info: dict[str, Any] = {"executor": "in-process", "workers": 1}
     else:
-        import multiprocessing as mp
-
-        ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=_worker_main, args=(factory, storage, w), daemon=False) for w in range(workers)]
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
-        failed = [p.exitcode for p in procs if p.exitcode != 0]
-        if failed:
-            raise RuntimeError(f"study {spec.study}: {len(failed)} of {workers} worker processes failed (exit codes {failed})")
+        summaries = run_worker_array(factory, storage, workers, cluster, res, study_dir, poll_s=poll_s, log=log)
+        worker_info = {
+            "executor": cluster,
+            "workers": workers,
+            "trials_per_worker": [len(w["trials"]) for w in summaries],
+            "hosts": sorted({str(w["host"]) for w in summaries}),
+        }
     trial_seconds = time.perf_counter() - t0
     study = _create_study(spec, storage, make_sampler(spec, kmax, 0))
     result = summarise_study(spec, study, problem, study_dir, storage, trial_seconds, factory.source_run)
+    result.extras["worker_array"] = worker_info
     write_artifacts(spec, study, problem, result, study_dir)
     if tracking_uri:
         result.mlflow_run_id = log_study_to_mlflow(spec, study, result, study_dir, tracking_uri, artifact_location)
@@ -1067,7 +1337,12 @@ def summarise_study(
     transform = params.get("transform", spec.space.transform if isinstance(spec.space.transform, str) else None)
     curve = problem.curve(k, transform)
     lo, hi, exact_value = curve.best()
-    extras: dict[str, Any] = {"source_run": source_run, "transform": transform or problem.default_transform, **problem.diagnostics}
+    extras: dict[str, Any] = {
+        "source_run": str(Path(source_run).resolve()),
+        "transform": transform or problem.default_transform,
+        "classes": list(problem.cache.classes),
+        **problem.diagnostics,
+    }
     if spec.space.exact_lambda:
         best_lambda = float(best.user_attrs.get("lam", 0.5 * (lo + hi)))
         params["lam"] = best_lambda
@@ -1272,6 +1547,168 @@ def _param_logged(run: Any, key: str) -> bool:
     return key in (run.data.params or {})
 
 
+# ================================================================== a finished study's λ, elsewhere
+BEST_FILE = "best.json"
+
+
+class StudyLambdaError(ConfigError):
+    """A study's ``best.json`` that cannot be used; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class StudyLambda:
+    """The λ a finished study chose, read from its ``best.json`` (see :func:`read_study_lambda`).
+
+    Attributes:
+        path: the ``best.json`` read.
+        study: the study name.
+        best_lambda: the λ to use; lam_interval: the exact optimum interval of the best params.
+        best_params: the best trial's params (``k``, ``lam``, ``transform`` when searched).
+        split: the cached split the study tuned on; tune_on: ``holdout`` or ``reported``.
+        objective: ``fused_top1`` / ``fused_mean_class``; transform: the score transform λ was tuned for.
+        source_run: the run whose caches the study read (absolute path, when recorded).
+        classes: the class names of the study's scores, in column order.
+    """
+
+    path: Path
+    study: str
+    best_lambda: float
+    lam_interval: tuple[float, float]
+    best_params: dict
+    split: str
+    tune_on: str
+    objective: str
+    transform: Optional[str]
+    source_run: Optional[str]
+    classes: list[str]
+
+    @property
+    def tuned_on_reported_split(self) -> bool:
+        """The study chose λ on the split that is reported (``tune_on: reported``)."""
+        return self.tune_on == "reported"
+
+
+def resolve_study_best(ref: str | Path, results_dir: str | Path = "results") -> Path:
+    """``ref`` → a ``best.json`` path: a ``best.json`` file, a study directory holding one, or a study
+    name looked up as ``<results_dir>/studies/<ref>/best.json``. Raises :class:`StudyLambdaError`
+    listing the places tried (and the studies that exist) when none has a ``best.json``."""
+    given = Path(ref)
+    studies = Path(results_dir) / "studies"
+    tried = [given] if given.suffix == ".json" else [given / BEST_FILE]
+    if re.fullmatch(r"[A-Za-z0-9_.\-]+", str(ref)):
+        tried.append(studies / str(ref) / BEST_FILE)
+    for candidate in tried:
+        if candidate.is_file():
+            return candidate
+    known = sorted(d.name for d in studies.iterdir() if (d / BEST_FILE).is_file()) if studies.is_dir() else []
+    raise StudyLambdaError(
+        f"study {str(ref)!r}: no {BEST_FILE} at {' or '.join(str(t) for t in tried)}; expected a best.json, a study "
+        f"directory or a study name under {studies} (studies with a best.json there: {known or 'none'}); "
+        "run `bikebench tune SWEEP` first"
+    )
+
+
+def _study_classes(raw: dict, path: Path) -> list[str]:
+    """``classes`` of best.json, else the class list of the source run's cache of the study's split."""
+    classes = raw.get("classes")
+    if isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes):
+        return list(classes)
+    if classes is not None:
+        raise StudyLambdaError(f"{path}: field 'classes': expected a non-empty list of class names, got {classes!r}")
+    source, split = raw.get("source_run"), raw.get("split")
+    manifest = Path(str(source)) / CACHE_DIR / str(split) / MANIFEST if source and split else None
+    if manifest is None or not manifest.is_file():
+        raise StudyLambdaError(
+            f"{path}: no field 'classes' (a study from before it was recorded), and the source run's cache "
+            f"{manifest or '<source_run>/cache/<split>/manifest.json'} is not readable: the study's classes cannot be "
+            "checked against the table's runs; re-run `bikebench tune` to rewrite best.json"
+        )
+    try:
+        listed = json.loads(manifest.read_text()).get("classes")
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StudyLambdaError(f"{path}: the source run's {manifest} is unreadable ({exc}); cannot check the study's classes") from None
+    if not isinstance(listed, list) or not listed:
+        raise StudyLambdaError(f"{manifest}: field 'classes' missing or empty; cannot check the study's classes")
+    return [str(c) for c in listed]
+
+
+def read_study_lambda(path: str | Path) -> StudyLambda:
+    """Read and check a study's ``best.json`` (written by :func:`run_study`).
+
+    Required fields: ``study`` (str), ``best_lambda`` (in [0, 1]), ``lam_interval`` ([lo, hi]),
+    ``split`` (str), ``tune_on`` (``holdout``/``reported``); ``classes`` (else read from the source
+    run's cache manifest). Every error names the file and the field.
+    """
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StudyLambdaError(f"{path}: file not found; run `bikebench tune SWEEP` first") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StudyLambdaError(f"{path}: not a readable JSON file ({exc}); re-run `bikebench tune` to rewrite it") from None
+    if not isinstance(raw, dict):
+        raise StudyLambdaError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+
+    def need(key: str, kind: Any, what: str) -> Any:
+        value = raw.get(key)
+        if value is None or isinstance(value, bool) or not isinstance(value, kind):
+            raise StudyLambdaError(f"{path}: field {key!r}: expected {what}, got {value!r}")
+        return value
+
+    lam = float(need("best_lambda", (int, float), "a number in [0, 1]"))
+    if not 0.0 <= lam <= 1.0:
+        raise StudyLambdaError(f"{path}: field 'best_lambda': expected a number in [0, 1], got {lam}")
+    interval = need("lam_interval", list, "[lo, hi]")
+    if len(interval) != 2 or not all(isinstance(x, (int, float)) for x in interval):
+        raise StudyLambdaError(f"{path}: field 'lam_interval': expected [lo, hi], got {interval!r}")
+    tune_on = need("tune_on", str, "'holdout' or 'reported'")
+    if tune_on not in ("holdout", "reported"):
+        raise StudyLambdaError(f"{path}: field 'tune_on': expected 'holdout' or 'reported', got {tune_on!r}")
+    params = raw.get("best_params") or {}
+    return StudyLambda(
+        path=path,
+        study=need("study", str, "the study name"),
+        best_lambda=lam,
+        lam_interval=(float(interval[0]), float(interval[1])),
+        best_params=dict(params) if isinstance(params, dict) else {},
+        split=need("split", str, "the split the study tuned on"),
+        tune_on=tune_on,
+        objective=str(raw.get("objective", "fused_top1")),
+        transform=str(raw["transform"]) if raw.get("transform") else None,
+        source_run=str(raw["source_run"]) if raw.get("source_run") else None,
+        classes=_study_classes(raw, path),
+    )
+
+
+def load_study_lambda(ref: str | Path, results_dir: str | Path = "results") -> StudyLambda:
+    """:func:`resolve_study_best` then :func:`read_study_lambda`."""
+    return read_study_lambda(resolve_study_best(ref, results_dir))
+
+
+#: Metrics :func:`fused_metric` computes (bike.metrics, in percent like result.json).
+FUSED_METRICS = ("top1", "top5", "mean_class")
+
+
+def fused_metric(cache: ScoreCache, lam: float, metric: str = "top1", transform: Optional[str] = None) -> float:
+    """A metric (percent, as evaluation reports it) of ``λ·T(S_V) + (1 − λ)·T(S_A)`` on one cached split.
+
+    ``T`` is ``transform`` (default: the run's ``fusion.transform``); view-averaged probabilities are
+    taken as the softmax side, as evaluation does (:meth:`FusionProblem.video_side`). Unlabelled rows are
+    skipped. No network runs: only the cached ``video_scores`` and ``attr_scores`` are read.
+    """
+    from bike.metrics import mean_class_accuracy, topk_accuracy
+
+    if metric not in FUSED_METRICS:
+        raise ValueError(f"fused_metric: metric={metric!r}; expected one of {FUSED_METRICS}")
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"fused_metric: lam={lam}; expected a value in [0, 1]")
+    problem = FusionProblem(cache, default_transform=transform or cache.config.fusion.transform)
+    fused = lam * problem.video_side() + (1.0 - lam) * problem.attr_side(None)
+    if metric == "mean_class":
+        return float(mean_class_accuracy(fused, problem.labels))
+    return float(topk_accuracy(fused, problem.labels, ks=(int(metric[3:]),))[metric])
+
+
 # ===================================================================================== entry point
 SourceResolver = Callable[[SourceRef], Path]
 
@@ -1310,21 +1747,31 @@ def tune_main(
     text_side: Optional[TextSideFactory] = None,
     resolver: Optional[SourceResolver] = None,
     workers: Optional[int] = None,
+    executor: Optional[str] = None,
+    resources: Optional[ResourceSpec] = None,
+    poll_s: float = DEFAULT_WORKER_POLL_S,
 ) -> int:
-    """``bikebench tune SPEC [key=value ...]``: run the study, print the best; exit code.
+    """``bikebench tune SPEC [key=value ...] [--workers N] [--executor local|slurm|debug]``: run the study,
+    print the best; exit code.
 
     ``tracking_uri``: where the study is logged (the CLI passes ``--tracking-uri`` or
-    ``harness.tracking.resolve_tracking_uri``'s default); None skips MLflow. Returns 0 on success,
-    2 on a bad spec or unusable caches (the message on stderr names the file and field).
+    ``harness.tracking.resolve_tracking_uri``'s default); None skips MLflow. ``workers``, ``executor``
+    and ``resources`` override the spec's (command line over spec). Returns 0 on success, 1 when a
+    worker task failed (the message names the task and its log), 2 on a bad spec or unusable caches
+    (the message on stderr names the file and field).
     """
     try:
         spec = load_sweep_spec(spec_path, overrides)
         source = resolve_source_run(spec, resolver)
         factory = ProblemFactory(spec=spec, source_run=str(source), text_side=text_side)
-        result = run_study(spec, factory, workers=workers, tracking_uri=tracking_uri)
+        result = run_study(spec, factory, workers=workers, tracking_uri=tracking_uri, executor=executor,
+                           resources=resources, poll_s=poll_s)
     except (ConfigError, CacheError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except StudyWorkerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     lo, hi = result.lam_interval
     params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best_params.items())
     print(

@@ -6,11 +6,14 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from bike.config import RunConfig
 from harness.expand import expand
 from harness.spec import load_spec
-from harness.table6 import TABLE6_SPEC, collect_cells, plain_markdown, result_metric, run_table6
+from harness.table6 import TABLE6_LAMBDA, TABLE6_SPEC, collect_cells, plain_markdown, result_metric, run_table6, study_lambda_cells
+from harness.tuning import StudyLambdaError, load_study_lambda
 from harness.tracking import TAG_PARENT_KEY, TAG_RUN_ID, Tracker, default_tracking_uri
 from worldstub import fake_world
 
@@ -182,3 +185,204 @@ def test_the_real_engine_plugs_in(tmp_path):
     for run in drive.plan.runs:
         result = json.loads((run.run_dir / "result.json").read_text())
         assert result["run_id"] == run.run_id and (run.run_dir / "log.txt").exists()
+
+
+# ------------------------------------------------------------------ fused cells at a study's λ (--lambda-from)
+CLASSES = [f"class{c}" for c in range(5)]
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _direct(s_v: np.ndarray, s_a: np.ndarray, labels: np.ndarray, lam: float, metric: str = "top1") -> float:
+    """The fused metric by hand: λ·softmax(S_V) + (1 − λ)·softmax(S_A), argmax, unlabelled rows skipped, percent."""
+    keep = labels >= 0
+    pred = (lam * _softmax(s_v) + (1 - lam) * _softmax(s_a)).argmax(axis=1)[keep]
+    y = labels[keep]
+    if metric == "mean_class":
+        return 100.0 * float(np.mean([np.mean(pred[y == c] == c) for c in np.unique(y)]))
+    return 100.0 * float(np.mean(pred == y))
+
+
+def _write_cached_run(run_dir: Path, config: RunConfig, seed: int, n: int = 120, classes=CLASSES) -> dict:
+    """A run directory with config.yaml and cache/<eval.split>/ (the engine's writer); returns the arrays
+    and the fused metrics at the run's own λ as evaluation computes them (bike.engine.caches.fuse_scores)."""
+    from bike.engine.caches import fuse_scores, split_cache_dir, write_cache
+    from bike.metrics import mean_class_accuracy, topk_accuracy
+
+    rng = np.random.default_rng(seed)
+    k = len(classes)
+    labels = rng.integers(0, k, n)
+    labels[:3] = -1  # unlabelled rows: skipped by every metric
+    s_v = rng.normal(scale=0.6, size=(n, k)).astype(np.float32)
+    s_a = rng.normal(scale=0.6, size=(n, k)).astype(np.float32)
+    s_v[np.arange(n), np.maximum(labels, 0)] += 0.7
+    s_a[np.arange(n), np.maximum(labels, 0)] += 0.5 * rng.random(n).astype(np.float32) * 2
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(config.to_yaml())
+    write_cache(split_cache_dir(run_dir, config.eval.split), video_ids=[f"v{i}" for i in range(n)], labels=labels,
+                video_scores=s_v, classes=list(classes), split=config.eval.split, config_hash=config.content_hash(),
+                attr_scores=s_a)
+    fused = fuse_scores(s_v, s_a, config.fusion_lambda, config.fusion.transform)
+    metrics = {"video_top1": float(topk_accuracy(s_v, labels, ks=(1,))["top1"]),
+               "fused_top1": float(topk_accuracy(fused, labels, ks=(1,))["top1"]),
+               "fused_mean_class": float(mean_class_accuracy(fused, labels))}
+    (run_dir / "result.json").write_text(json.dumps({"status": "done", "run_id": run_dir.name, "metrics": metrics}))
+    return {"s_v": s_v, "s_a": s_a, "labels": labels, "metrics": metrics}
+
+
+def _write_best(path: Path, lam: float, classes=CLASSES, **extra) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    best = {"study": path.parent.name, "objective": "fused_top1", "best_value": 0.5, "best_params": {"k": 4, "lam": lam},
+            "best_lambda": lam, "lam_interval": [lam - 0.01, lam + 0.01], "n_complete": 6, "tune_on": "holdout",
+            "split": "tune", "transform": "softmax", "classes": list(classes), **extra}
+    path.write_text(json.dumps(best))
+    return path
+
+
+def _eval_config(lam: float = 0.6) -> RunConfig:
+    return RunConfig(stage="eval", model={"backbone": "bike-micro", "pretrained": None, "frames": 2, "resolution": 32},
+                     eval={"split": "val"}, fusion={"lam": lam, "transform": "softmax"})
+
+
+def test_fused_cells_recomputed_at_the_study_lambda_equal_a_direct_fusion(tmp_path):
+    results = tmp_path / "results"
+    run = _write_cached_run(results / "runs" / "run000000001", _eval_config(0.6), seed=0)
+    s_v, s_a, y = run["s_v"], run["s_a"], run["labels"]
+    lam = 0.15
+    assert _direct(s_v, s_a, y, lam) != _direct(s_v, s_a, y, 0.6)  # λ matters on these scores
+    _write_best(results / "studies/st/best.json", lam)
+    best = load_study_lambda("st", results)  # a study name under <results>/studies/
+    assert load_study_lambda(results / "studies/st", results).path == load_study_lambda(best.path).path == best.path
+    base = {"scale": "smoke", "run_id": "run000000001"}
+    cells = [{**base, "table": "6e", "row": "trained", "column": "V+A", "metric": "fused_top1", "value": run["metrics"]["fused_top1"]},
+             {**base, "table": "6x", "row": "r", "column": "mc", "metric": "fused_mean_class", "value": run["metrics"]["fused_mean_class"]},
+             {**base, "table": "6e", "row": "trained", "column": "V", "metric": "video_top1", "value": run["metrics"]["video_top1"]}]
+    out, notes = study_lambda_cells(cells, results, best)
+    top1, mean_class, video = out
+    assert top1["value"] == pytest.approx(_direct(s_v, s_a, y, lam), abs=1e-9)
+    assert mean_class["value"] == pytest.approx(_direct(s_v, s_a, y, lam, "mean_class"), abs=1e-9)
+    assert top1["fixed_value"] == run["metrics"]["fused_top1"] == pytest.approx(_direct(s_v, s_a, y, 0.6), abs=1e-9)
+    assert top1["value"] != top1["fixed_value"] and top1["fixed_lambda"] == 0.6 and top1["lambda"] == lam
+    assert top1["lambda_split"] == "val" and top1["lambda_from"] == "st"
+    assert video == cells[2]  # not a fused metric: untouched
+    assert "λ = 0.15 from study `st`" in notes[0] and "tuned on the tune split, jointly with k = 4" in notes[0]
+    assert not any("REPORTED SPLIT" in n or "may not be" in n for n in notes)
+    # a study tuned on the reported split is flagged loudly
+    _write_best(results / "studies/rep/best.json", lam, tune_on="reported", split="val")
+    _, notes = study_lambda_cells(cells, results, load_study_lambda("rep", results))
+    assert any(n.startswith("**⚠ λ WAS TUNED ON THE REPORTED SPLIT**") for n in notes)
+    # a result.json value the cache does not reproduce is pointed out
+    _, notes = study_lambda_cells([{**cells[0], "value": 1.0}], results, best)
+    assert any("not the 1.0000 of result.json" in n for n in notes)
+
+
+def test_lambda_from_refuses_missing_unreadable_and_foreign_studies(tmp_path):
+    results = tmp_path / "results"
+    _write_cached_run(results / "runs" / "run000000002", _eval_config(), seed=1)
+    cell = {"table": "6d", "row": "k3", "column": "V+A", "metric": "fused_top1", "value": 50.0, "run_id": "run000000002"}
+    with pytest.raises(StudyLambdaError, match=r"study 'nope': no best\.json at .*nope/best\.json or .*studies/nope/best\.json"):
+        load_study_lambda("nope", results)
+    bad = results / "studies/bad/best.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("{not json")
+    with pytest.raises(StudyLambdaError, match=r"bad/best\.json: not a readable JSON file"):
+        load_study_lambda("bad", results)
+    _write_best(bad, 0.3)
+    raw = json.loads(bad.read_text())
+    bad.write_text(json.dumps({k: v for k, v in raw.items() if k != "best_lambda"}))
+    with pytest.raises(StudyLambdaError, match=r"bad/best\.json: field 'best_lambda': expected a number in \[0, 1\], got None"):
+        load_study_lambda("bad", results)
+    bad.write_text(json.dumps({k: v for k, v in raw.items() if k != "classes"}))  # old best.json, no source run
+    with pytest.raises(StudyLambdaError, match=r"no field 'classes'.*cannot be\s+checked"):
+        load_study_lambda("bad", results)
+    other = list(CLASSES)
+    other[2] = "juggling"
+    foreign = load_study_lambda(_write_best(results / "studies/foreign/best.json", 0.3, classes=other))
+    with pytest.raises(StudyLambdaError, match=r"foreign/best\.json: the study's classes .* do not match cell 6d/k3/V\+A "
+                                               r"\(run run000000002\): .*val/manifest\.json lists other classes "
+                                               r"\(class 2: 'class2' vs the study's 'juggling'\)"):
+        study_lambda_cells([cell], results, foreign)
+    fewer = load_study_lambda(_write_best(results / "studies/fewer/best.json", 0.3, classes=CLASSES[:4]))
+    with pytest.raises(StudyLambdaError, match=r"5 classes vs the study's 4"):
+        study_lambda_cells([cell], results, fewer)
+    (results / "runs/run000000002/cache/val/attr_scores.npy").unlink()
+    ok = load_study_lambda(_write_best(results / "studies/ok/best.json", 0.3))
+    with pytest.raises(StudyLambdaError, match=r"cell 6d/k3/V\+A \(run run000000002\): cannot recompute .*attr_scores\.npy"):
+        study_lambda_cells([cell], results, ok)
+
+
+def cached_engine(calls: list):
+    """Like stand_in_engine, but every run also caches its scores of the reported split (engine layout),
+    and result.json's fused_top1 is what evaluation computes from them at the run's own λ."""
+
+    def run(config, run_dir):
+        calls.append(Path(run_dir).name)
+        seed = int(config.content_hash()[:6], 16)
+        written = _write_cached_run(Path(run_dir), config, seed=seed, n=60)
+        metrics = {**written["metrics"], "attr_top1": 20.0 + seed % 17}
+        (Path(run_dir) / "result.json").write_text(json.dumps({"status": "done", "run_id": config.content_hash(),
+                                                               "metrics": metrics, "counts": {"evaluated": 60}}))
+        return {"status": "done"}
+
+    return run
+
+
+def test_table6_lambda_from_a_study_end_to_end(tmp_path):
+    """`run_table6(lambda_from=...)`: fused cells at the study's λ in table6.md (fixed λ beside), table6_lambda.json,
+    table6_results.json unchanged, both files attached in MLflow; nothing re-runs."""
+    results = tmp_path / "results"
+    uri = default_tracking_uri(results)
+    calls: list[str] = []
+    engine = cached_engine(calls)
+    kwargs = dict(scale="smoke", cluster="debug", results=results, tracking_uri=uri, world=fake_world(tmp_path),
+                  job_targets={"train": engine, "evaluate": engine})
+    assert run_table6(**kwargs, out=io.StringIO()).ok
+    fixed_cells = json.loads((results / "table6_results.json").read_text())
+    assert not (results / TABLE6_LAMBDA).exists()
+    n_runs = len(calls)
+    _write_best(results / "studies/lambda_k_world_general/best.json", 0.2)
+    out = io.StringIO()
+    assert run_table6(**kwargs, out=out, lambda_from="lambda_k_world_general").ok
+    assert len(calls) == n_runs  # nothing re-ran
+    assert json.loads((results / "table6_results.json").read_text()) == fixed_cells
+    recomputed = json.loads((results / TABLE6_LAMBDA).read_text())
+    fused = {(c["table"], c["row"], c["column"]): c for c in fixed_cells if c["metric"] == "fused_top1"}
+    assert {(c["table"], c["row"], c["column"]) for c in recomputed} == set(fused) and len(fused) >= 10
+    for c in recomputed:
+        run_dir = results / "runs" / c["run_id"]
+        cache = {n: np.load(run_dir / f"cache/val/{n}.npy") for n in ("video_scores", "attr_scores", "labels")}
+        assert c["value"] == pytest.approx(_direct(cache["video_scores"], cache["attr_scores"], cache["labels"], 0.2), abs=1e-9)
+        assert c["fixed_value"] == fused[(c["table"], c["row"], c["column"])]["value"]
+    text = (results / "table6.md").read_text()
+    assert text in out.getvalue() and "λ = 0.2 from study `lambda_k_world_general`" in text
+    assert "may not be the one" not in text  # every cache gives back its result.json value at the run's own λ
+    c = next(c for c in recomputed if (c["table"], c["row"], c["column"]) == ("6e", "trained", "V+A"))
+    assert f"| {c['value']:.1f} (λ={c['fixed_lambda']:.3g}: {c['fixed_value']:.1f}) |" in text
+    tracker = Tracker(results, uri)
+    exp = tracker.client.get_experiment_by_name("table6")
+    parent = tracker.client.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_PARENT_KEY}` = 'table6:smoke'")[0]
+    assert {a.path for a in tracker.client.list_artifacts(parent.info.run_id)} >= {"table6.md", TABLE6_LAMBDA}
+
+
+def test_cli_table6_lambda_from(tmp_path, monkeypatch, capsys):
+    """`bikebench table6 --lambda-from STUDY`: the study is read before anything runs; a missing one exits 2."""
+    import harness.table6
+    from harness.cli import main as bikebench
+
+    results = tmp_path / "results"
+    assert bikebench(["table6", "--scale", "full", "--results", str(results), "--lambda-from", "nope", "--no-track"]) == 2
+    assert "study 'nope': no best.json at" in capsys.readouterr().err
+    assert not (results / "runs").exists()
+    _write_best(results / "studies/st/best.json", 0.4)
+    seen = {}
+
+    def fake_run_table6(**kwargs):
+        seen.update(kwargs)
+        return type("D", (), {"ok": True})()
+
+    monkeypatch.setattr(harness.table6, "run_table6", fake_run_table6)
+    assert bikebench(["table6", "--scale", "full", "--results", str(results), "--lambda-from", "st", "--no-track"]) == 0
+    assert seen["lambda_from"].best_lambda == 0.4 and seen["lambda_from"].study == "st"

@@ -135,3 +135,21 @@ def test_render_table_dispatch_and_errors(reg):
         render_table(reg, OURS, "6b", "pdf")
     with pytest.raises(KeyError, match="near matches"):
         render_markdown(reg, OURS, "6j")
+
+
+def test_recomputed_cell_shows_the_fixed_lambda_value_beside_it(reg):
+    """A cell recomputed at a study's λ (harness.table6.study_lambda_cells) keeps the run's fixed-λ value
+    visible in every rendering; Δ is taken against the value shown first (the study-λ one)."""
+    cells = [{"table": "6e", "row": "trained", "column": "V+A", "value": 75.04, "scale": "full",
+              "fixed_value": 73.96, "fixed_lambda": 0.6, "lambda": 0.298, "lambda_from": "st"},
+             {"table": "6e", "row": "trained", "column": "V", "value": 70.0, "scale": "full"}]
+    rows = {r[0]: r for r in _md_rows(render_markdown(reg, cells, "6e"))}
+    paper = reg.entry("6e/trained/V+A").value
+    trained = rows["trained"]  # Row, Training, then (paper, ours, Δ) for A, V, V+A
+    assert trained[-3:] == [f"{paper:.1f}", "75.0 (λ=0.6: 74.0)", f"{75.04 - paper:+.1f}".replace("-", "−")]
+    assert trained[6] == "70.0"  # V ours: not recomputed, shown as it is
+    latex = render_latex(reg, cells, "6e")
+    assert r"75.0 ($\lambda$=0.6: 74.0)" in latex and "λ" not in latex
+    assert "75.0 (λ=0.6: 74.0)" in render_html(reg, cells, "6e")
+    doc = render_table6_markdown(reg, cells, notes=["**V+A cells: λ = 0.298 from study `st`**"])
+    assert "> **V+A cells: λ = 0.298 from study `st`**" in doc.split("## ")[0]

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import optuna
 import pytest
 import yaml
 
-from bike.config import RunConfig
+from bike.config import ConfigError, RunConfig
 from harness.lambda_exact import exact_lambda_curve, fused_top1_full, transform_scores
 from harness.tuning import (
     CacheError,
@@ -40,7 +41,7 @@ K0 = 3  # the source run's own num_attributes
 
 
 class WordEncoder:
-    """A deterministic bag-of-words text tower (test double; picklable for spawn workers).
+    """A deterministic bag-of-words text tower (test double; picklable, sent by value to worker tasks).
 
     Token ``cat<c>`` (a class name) and ``a<c>_<j>`` (an attribute phrase of class c) share class
     c's direction; every other token gets its own hashed direction. A sentence is the sum.
@@ -354,16 +355,150 @@ def test_exact_lambda_study_encodes_each_sentence_once(run_dir: Path, tmp_path: 
     assert plots["optimization_history"] == "ok" and plots["contour"].startswith("skipped")
 
 
-@pytest.mark.parametrize("storage", ["sqlite", "journal"])
-def test_two_worker_processes_lose_no_trial(run_dir: Path, tmp_path: Path, db_dir: Path, storage: str) -> None:
+@pytest.fixture
+def by_value():
+    """This module's test doubles (WordEncoder, ...) travel to submitit's worker processes by value: a worker
+    process cannot import tests/."""
+    import cloudpickle
+
+    module = sys.modules[__name__]
+    cloudpickle.register_pickle_by_value(module)
+    yield
+    cloudpickle.unregister_pickle_by_value(module)
+
+
+def _task_summaries(study_dir: Path) -> list[dict]:
+    """The summary line each worker task printed to its submitit stdout log, in task order."""
+    folders = list((study_dir / "submitit").iterdir())
+    assert len(folders) == 1, folders  # one folder per invocation
+    out = []
+    for log in sorted(folders[0].glob("*/*_log.out")):
+        lines = [ln for ln in log.read_text().splitlines() if " worker " in ln and ln.rstrip().endswith("}")]
+        out.append(json.loads(lines[-1].split(": ", 1)[1]))
+    return sorted(out, key=lambda s: s["worker"])
+
+
+@pytest.mark.parametrize("storage,sampler", [("sqlite", "tpe"), ("journal", "grid")])
+def test_two_workers_as_one_local_job_array_lose_no_trial(
+    run_dir: Path, tmp_path: Path, db_dir: Path, by_value, storage: str, sampler: str
+) -> None:
+    """Two submitit LocalExecutor tasks (two other processes) share one study: every trial is kept (TPE:
+    2 × n_trials; grid: every point visited)."""
     url = f"sqlite:///{db_dir / 'o.db'}" if storage == "sqlite" else f"journal:{tmp_path / 'o.journal'}"
-    spec = spec_for(run_dir, tmp_path, n_trials=5, workers=2, storage=url, space={"lam": {"low": 0, "high": 1}, "k": {"low": 1}})
-    result = run_study(spec, ProblemFactory(spec, str(run_dir), text_side=WordEncoder()))
-    assert result.n_complete == 2 * 5
+    space = {"lam": {"low": 0, "high": 1}, "k": {"low": 1}} if sampler == "tpe" else {"k": {"low": 1, "high": 4}}
+    spec = spec_for(run_dir, tmp_path, n_trials=5 if sampler == "tpe" else 4, workers=2, storage=url, sampler=sampler,
+                    space=space)
+    logs: list[str] = []
+    result = run_study(spec, ProblemFactory(spec, str(run_dir), text_side=WordEncoder()), executor="local", poll_s=0.2,
+                       log=logs.append)
     from harness.tuning import open_storage
 
     study = optuna.load_study(study_name="s1", storage=open_storage(url))
-    assert len({t.number for t in study.trials}) == 10 and all(t.value is not None for t in study.trials)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert result.n_complete == len(complete) == len(study.trials)
+    summaries = _task_summaries(spec.study_dir())
+    assert [s["worker"] for s in summaries] == [0, 1]
+    assert len({s["pid"] for s in summaries} | {os.getpid()}) == 3  # two processes, neither of them this one
+    assert {s["threads"] for s in summaries} == {max(1, (os.cpu_count() or 1) // 2)}  # the cores are shared
+    assert sorted(n for s in summaries for n in s["trials"]) == sorted(t.number for t in complete)
+    if sampler == "tpe":
+        assert result.n_complete == 2 * 5 and [len(s["trials"]) for s in summaries] == [5, 5]
+    else:
+        assert {t.params["k"] for t in complete} == {1, 2, 3, 4}  # the grid is covered
+    best = json.loads((spec.study_dir() / "best.json").read_text())
+    assert best["worker_array"]["executor"] == "local" and best["worker_array"]["workers"] == 2
+    assert best["n_complete"] == result.n_complete and best["classes"] == [f"cat{c}" for c in range(N_CLASSES)]
+    assert "2 worker(s) submitted as one local job array" in logs[0]
+
+
+class FailsInFirstWorker(WordEncoder):
+    """A text side that breaks in the first worker process that builds it (and only there)."""
+
+    def __init__(self, parent_pid: int, marker: Path):
+        super().__init__()
+        self.parent_pid = parent_pid
+        self.marker = str(marker)
+
+    def __call__(self, cache) -> TextSide:
+        if os.getpid() != self.parent_pid:
+            try:
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return super().__call__(cache)
+            raise RuntimeError("text tower unavailable on this node (injected failure)")
+        return super().__call__(cache)
+
+
+def test_a_failing_worker_task_names_the_task_and_its_log(run_dir: Path, tmp_path: Path, by_value, capsys) -> None:
+    path = tmp_path / "sw.yaml"
+    path.write_text(yaml.safe_dump({"study": "failing", "source_run": str(run_dir), "n_trials": 3, "workers": 2,
+                                    "results_dir": str(tmp_path / "res"), "storage": f"journal:{tmp_path / 'j.log'}",
+                                    "space": {"k": {"low": 1, "high": 3}, "lam": {"low": 0, "high": 1}}}))
+    text_side = FailsInFirstWorker(os.getpid(), tmp_path / "failed-once")
+    assert tune_main(path, [], None, text_side=text_side, executor="local", poll_s=0.2) == 1
+    err = capsys.readouterr().err
+    m = re.search(r"study failing: 1 of 2 worker task\(s\) of the local job array failed .*\n"
+                  r"  array task ([01]) \(job (\d+)\): RuntimeError: text tower unavailable on this node \(injected failure\)\n"
+                  r"    log: (\S+_log\.err)", err)
+    assert m, err
+    log = Path(m.group(3))
+    assert log.is_file() and log.is_relative_to(tmp_path / "res/studies/failing/submitit")
+    assert "injected failure" in log.read_text()
+    assert not (tmp_path / "res/studies/failing/best.json").exists()
+    # the other task's trials are kept in the study
+    from harness.tuning import open_storage
+
+    study = optuna.load_study(study_name="failing", storage=open_storage(f"journal:{tmp_path / 'j.log'}"))
+    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 3
+
+
+def test_debug_executor_runs_the_array_in_process(run_dir: Path, tmp_path: Path) -> None:
+    """executor: debug (from the spec) runs the array's tasks one after the other in this process."""
+    import socket
+
+    spec = spec_for(run_dir, tmp_path, n_trials=2, workers=2, space={"k": {"low": 1, "high": 3}}, executor="debug")
+    result = run_study(spec, ProblemFactory(spec, str(run_dir), text_side=WordEncoder()), log=lambda m: None)
+    assert result.extras["worker_array"] == {"executor": "debug", "workers": 2, "trials_per_worker": [2, 2],
+                                             "hosts": [socket.gethostname()]}
+    assert result.n_complete == 4
+
+
+def test_worker_resources_from_spec_and_command_line(run_dir: Path, tmp_path: Path) -> None:
+    from harness.spec import ResourceSpec
+    from harness.tuning import resolve_storage, worker_parameters
+
+    path = tmp_path / "sw.yaml"
+    path.write_text(yaml.safe_dump({
+        "study": "res", "source_run": str(run_dir), "executor": "slurm",
+        "resources": {"timeout_min": 20, "slurm": {"partition": "cpu", "cpus_per_task": 2, "mem": "4G", "account": "a",
+                                                    "qos": "q", "array_parallelism": 4, "time": "00:30:00"}}}))
+    spec = load_sweep_spec(path)
+    params = worker_parameters("slurm", spec.resources, "tune-res")
+    assert params["partition"] == "cpu" and params["cpus_per_task"] == 2 and params["mem"] == "4G"
+    assert params["account"] == "a" and params["qos"] == "q" and params["array_parallelism"] == 4 and params["time"] == 30
+    # the command line wins over the spec
+    merged = spec.resources.merged(ResourceSpec(slurm={"partition": "gpu"}))
+    assert worker_parameters("slurm", merged, "x")["partition"] == "gpu" and merged.slurm.mem == "4G"
+    assert SweepSpec.model_validate({"study": "d", "source_run": "r"}).resources.timeout_min == 60  # always a limit
+    with pytest.raises(SweepSpecError, match=r"resources\.slurm\.partiton: got 'x'; unknown field \(allowed: account, "):
+        load_sweep_spec(path, ["resources.slurm.partiton=x"])
+    with pytest.raises(SweepSpecError, match=r"executor: got 'pbs'; expected one of 'local', 'slurm' or 'debug'"):
+        load_sweep_spec(path, ["executor=pbs"])
+    # SLURM + the default storage: a journal file in the study directory (SQLite over NFS is not safe)
+    study_dir = tmp_path / "sd"
+    assert resolve_storage(spec, study_dir, "slurm") == f"journal:{(study_dir / 'journal.log').resolve()}"
+    assert resolve_storage(spec, study_dir, "local") == f"sqlite:///{(study_dir / 'optuna.db').resolve()}"
+    (study_dir / "journal.log").write_text("")
+    assert resolve_storage(spec, study_dir, "local").startswith("journal:")  # an existing study keeps its storage
+    # a SLURM limit that cannot work is refused before anything is submitted (no cluster needed)
+    bad = spec.model_copy(update={"resources": ResourceSpec(timeout_min=1)})
+    with pytest.raises(ConfigError, match=r"expected resources\.timeout_min >= 2"):
+        run_study(bad, ProblemFactory(bad, str(run_dir), text_side=WordEncoder()), workers=2, study_dir=tmp_path / "b")
+    assert not (tmp_path / "b" / "submitit").exists()
+    slow = spec.model_copy(update={"timeout_s": 1200.0})  # Optuna's timeout must end before the task's limit (20 min)
+    with pytest.raises(SweepSpecError, match=r"timeout_s=1200 is not below the worker tasks' wall-clock limit "
+                                             r"resources\.timeout_min=20"):
+        run_study(slow, ProblemFactory(slow, str(run_dir), text_side=WordEncoder()), workers=2, study_dir=tmp_path / "b")
 
 
 def test_holdout_refuses_the_reported_split(tmp_path: Path) -> None:
@@ -461,3 +596,28 @@ def test_sentences_match_the_engine_builder() -> None:
         assert attribute_sentence(phrases, k, "This is a video about {}", sep, use_prompt) == engine_sentence(
             phrases, k, "This is a video about {}", sep, use_prompt
         )
+
+
+def test_cli_tune_workers_executor_and_resources_override_the_sweep(tmp_path: Path, capsys) -> None:
+    """`bikebench tune SWEEP --workers 2 --executor debug`: the command line beats the sweep's executor/workers;
+    worker resources given on the command line reach the SLURM parameters (checked before any submission)."""
+    from harness.cli import main as bikebench
+
+    run = write_run(tmp_path)
+    (run / "cache/attributes.json").unlink()  # k: null: cached attribute scores, no text tower needed
+    path = tmp_path / "sw.yaml"
+    path.write_text(yaml.safe_dump({"study": "cli_workers", "source_run": str(run), "n_trials": 2, "workers": 1,
+                                    "executor": "local", "results_dir": str(tmp_path / "res"),
+                                    "space": {"k": None, "lam": {"low": 0, "high": 1}}}))
+    assert bikebench(["tune", str(path), "--workers", "2", "--executor", "debug", "--no-track"]) == 0
+    best = json.loads((tmp_path / "res/studies/cli_workers/best.json").read_text())
+    assert best["worker_array"]["executor"] == "debug" and best["worker_array"]["trials_per_worker"] == [2, 2]
+    assert best["n_complete"] == 4
+    capsys.readouterr()
+    rc = bikebench(["tune", str(path), "study=cli_slurm", "--workers", "2", "--executor", "slurm", "--timeout-min", "1",
+                    "--no-track"])
+    assert rc == 2
+    assert "resources.signal_delay_s=15 with a 1-min SLURM limit" in capsys.readouterr().err
+    assert not (tmp_path / "res/studies/cli_slurm/submitit").exists()
+    assert bikebench(["tune", str(path), "--workers", "0", "--no-track"]) == 2
+    assert "--workers 0; expected >= 1" in capsys.readouterr().err

@@ -5,6 +5,12 @@ with x264's RGB variant (libx264rgb, rgb24) at qp=0, so decoded frames equal the
 that the frame decoded is exactly the frame asked for). The lossy default (yuv420p, crf 18) is what a
 real dataset looks like.
 
+Both encodings are deterministic: the same frames give the same bytes, so a world rebuilt anywhere has
+the same videos and the same numbers. x264's macroblock-tree rate control (``mbtree``, on in every
+preset above ultrafast) was seen to give different bytes for the same frames from one call to the next
+here (decoded pixels off by up to 27 levels), so it is off (``LOSSY_X264_PARAMS``); bump
+``ENCODER_VERSION`` whenever these settings change, so that worlds written before are rebuilt.
+
 Pitfall seen here: decord 0.6 fails to copy out frames of some small widths (16 and 48 px fail, 32, 64,
 80, 96, 112 and 320 work) with "DECORDArrayCopyFromTo: The size must exactly match"; PyAV reads them.
 """
@@ -13,6 +19,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
+#: Identity of the encoder settings below (part of a world's config hash).
+ENCODER_VERSION = 2
+#: Lossy: constant rate factor 18, no macroblock tree (it made x264's output nondeterministic).
+LOSSY_X264_OPTIONS = {"crf": "18", "preset": "veryfast", "x264-params": "mbtree=0"}
+#: Lossless: RGB x264 at qp 0.
+LOSSLESS_X264_OPTIONS = {"qp": "0", "preset": "ultrafast"}
 
 import numpy as np
 
@@ -41,10 +54,10 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int = 10, lossle
         stream.width, stream.height = w, h
         if lossless:
             stream.pix_fmt = "rgb24"
-            stream.options = {"qp": "0", "preset": "ultrafast"}
+            stream.options = dict(LOSSLESS_X264_OPTIONS)
         else:
             stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": "18", "preset": "veryfast"}
+            stream.options = dict(LOSSY_X264_OPTIONS)
         stream.codec_context.gop_size = 12
         for frame in frames:
             packet_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")

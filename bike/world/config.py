@@ -18,6 +18,8 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
+from bike.data.video_io import ENCODER_VERSION
+
 #: Bump when the rendering or the split logic changes, so old worlds are rebuilt.
 GENERATOR_VERSION = 1
 
@@ -137,6 +139,8 @@ class WorldConfig:
     model_frames: int = 8
     prompt: str = "This is a video about {}"
     generator_version: int = field(default=GENERATOR_VERSION)
+    #: bike.data.video_io.ENCODER_VERSION: the codec settings the videos are written with.
+    encoder_version: int = field(default=ENCODER_VERSION)
 
     def __post_init__(self) -> None:
         for name, words, known in (

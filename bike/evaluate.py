@@ -55,7 +55,8 @@ def run(
         if config.attributes.enabled and config.eval.protocol in ("closed", "multi_label"):
             records, _ = split_records(config, split)
             attrs = ensure_attributes(config, run_dir, records, info.device, logger, info.rank, info.world_size)
-        out = evaluate_split(config, model, run_dir, split, info.device, logger, attributes=attrs)
+        out = evaluate_split(config, model, run_dir, split, info.device, logger, attributes=attrs,
+                             reuse_from=runner.reuse_sources(config))
         barrier()
         if not info.is_main:
             return {"status": "done", "run_id": config.content_hash()}
@@ -71,6 +72,7 @@ def run(
             "metrics": runner.split_metrics(metrics),
             "counts": {k: counts[k] for k in ("evaluated", "skipped", "bad_files")},
             "metric_counts": counts["per_metric"],
+            "video_scores_from": counts.get("video_scores_from"),
             "selected_on": None,
             "world_size": info.world_size,
             "elapsed_s": time.time() - start,

@@ -131,7 +131,8 @@ def run(
             logger.info("final evaluation with %s (epoch %s)", trainer.best_path, progress_state.best_epoch)
         results = {}
         for split in eval_splits:
-            out = evaluate_split(config, model, run_dir, split, device, logger, attributes=attrs)
+            out = evaluate_split(config, model, run_dir, split, device, logger, attributes=attrs,
+                                 reuse_from=runner.reuse_sources(config))
             if out is not None:
                 results[split] = out
         barrier()
@@ -146,6 +147,7 @@ def run(
             "metrics": runner.split_metrics(metrics),
             "counts": {k: counts[k] for k in ("evaluated", "skipped", "bad_files")},
             "metric_counts": counts["per_metric"],
+            "video_scores_from": counts.get("video_scores_from"),
             "splits": {s: runner.split_metrics(m) for s, (m, _) in results.items()},
             "selected_on": select,
             "selection_note": runner.SELECTION_NOTE.format(split=select) if select != "none" else "last checkpoint (no selection)",

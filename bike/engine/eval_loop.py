@@ -306,6 +306,22 @@ def metric_counts(metrics: dict) -> dict[str, dict[str, int]]:
     return {k: v.counts for k, v in metrics.items() if isinstance(v, Metric)}
 
 
+def _scores_from_cache(cache, views: int) -> VideoScores:
+    """A :class:`VideoScores` from a reused cache (its bad-video report comes from its manifest)."""
+    report = cache.extra.get("counts", {})
+    return VideoScores(
+        video_ids=list(cache.video_ids),
+        labels=np.asarray(cache.labels),
+        scores=np.asarray(cache.video_scores),
+        score_kind=cache.score_kind,
+        views=views,
+        class_emb=np.asarray(cache.class_emb) if cache.class_emb is not None else np.zeros((cache.num_classes, 0), np.float32),
+        frame_emb=None if cache.frame_emb is None else np.asarray(cache.frame_emb),
+        view_scores=None if cache.view_scores is None else np.asarray(cache.view_scores),
+        counts={"skipped": int(report.get("skipped", 0)), "bad_files": list(report.get("bad_files", []))},
+    )
+
+
 # ------------------------------------------------------------------------------ whole split
 def evaluate_split(
     config: RunConfig,
@@ -317,9 +333,16 @@ def evaluate_split(
     attributes: Optional[dict[str, list[str]]] = None,
     views: Optional[tuple[int, int]] = None,
     write: bool = True,
+    reuse_from: Sequence[Optional[str | Path]] = (),
 ) -> Optional[tuple[dict, dict]]:
-    """Evaluate ``split`` per ``config.eval`` and write ``cache/<split>/``. Returns (metrics, counts) on rank 0."""
+    """Evaluate ``split`` per ``config.eval`` and write ``cache/<split>/``. Returns (metrics, counts) on rank 0.
+
+    ``reuse_from``: run directories (e.g. the ``init_from`` run) whose cached video-branch scores of
+    ``split`` are copied instead of scoring the videos again when their video-side key equals this
+    run's (:mod:`bike.engine.score_reuse`); the result says which (``counts["video_scores_from"]``).
+    """
     from bike.engine.datasets import build_dataset, split_records
+    from bike.engine.score_reuse import KEY_FIELD, find_reusable, video_side_key
 
     rank, world = _world()
     records, names = split_records(config, split)
@@ -333,8 +356,16 @@ def evaluate_split(
     collect = config.eval.save_frame_embeddings or (mode == "frame" and protocol != "zero_shot_full")
     cache_dir = split_cache_dir(run_dir, split)
     vs_path = cache_dir / ".view_scores.assemble.npy" if write else None
-    vs = score_videos(model, dataset, config, device, logger, mode=mode, collect_frames=collect,
-                      view_scores_path=vs_path, desc=f"eval {split}")
+    key = video_side_key(config, model, split, records, names, views, mode, collect)
+    reused = find_reusable(key, split, [d for d in reuse_from if d is not None and Path(d).resolve() != Path(run_dir).resolve()])
+    if reused is not None:
+        if logger:
+            logger.info("eval %s: video-branch scores of %d videos reused from %s (same video-side key)",
+                        split, reused.num_videos, reused.directory)
+        vs = _scores_from_cache(reused, dataset.num_views) if rank == 0 else None
+    else:
+        vs = score_videos(model, dataset, config, device, logger, mode=mode, collect_frames=collect,
+                          view_scores_path=vs_path, desc=f"eval {split}")
     attr = None
     if config.attributes.enabled and attributes is not None and protocol in ("closed", "multi_label"):
         if rank == 0:
@@ -343,7 +374,8 @@ def evaluate_split(
         return None
     metrics = protocol_metrics(config, vs, attr, world)
     counts = {"evaluated": len(vs.video_ids), "skipped": int(vs.counts.get("skipped", 0)),
-              "bad_files": list(vs.counts.get("bad_files", [])), "per_metric": metric_counts(metrics)}
+              "bad_files": list(vs.counts.get("bad_files", [])), "per_metric": metric_counts(metrics),
+              "video_scores_from": str(reused.directory) if reused is not None else None}
     if write:
         write_cache(
             cache_dir,
@@ -359,7 +391,8 @@ def evaluate_split(
             frame_emb=vs.frame_emb,
             view_scores=vs.view_scores,
             extra={"views": vs.views, "clips": views[0], "crops": views[1], "protocol": protocol,
-                   "mode": mode, "view_aggregation": config.eval.view_aggregation, "counts": counts},
+                   "mode": mode, "view_aggregation": config.eval.view_aggregation, "counts": counts,
+                   KEY_FIELD: key},
         )
         if vs_path is not None and vs_path.exists():
             os.unlink(vs_path)

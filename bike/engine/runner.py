@@ -94,6 +94,17 @@ def load_init_weights(model, config: RunConfig, logger: RunLogger, device: torch
     return path
 
 
+def reuse_sources(config: RunConfig) -> list[Path]:
+    """Run directories whose cached video-branch scores this run may reuse: its ``init_from`` run
+    (when ``init_from`` names a run directory or a checkpoint inside one)."""
+    from bike.engine.checkpoint import init_run_dir
+
+    if not config.init_from:
+        return []
+    src = init_run_dir(config.init_from)
+    return [Path(src)] if src is not None else []
+
+
 def build_model(config: RunConfig, class_names: list[str], device: torch.device):
     from bike.engine.model import BikeModel
 

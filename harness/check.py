@@ -162,6 +162,11 @@ def load_results(source: ResultsLike = DEFAULT_RESULTS) -> list[ResultCell]:
     if not isinstance(source, (str, Path)):
         return coerce_results(source)
     path = Path(source)
+    if path.is_dir():  # a results directory: the table it holds
+        if not (path / DEFAULT_RESULTS.name).is_file():
+            raise CheckError(f"{path}: a directory without {DEFAULT_RESULTS.name}; expected a results file or a results "
+                             "directory written by `bikebench table6`")
+        path = path / DEFAULT_RESULTS.name
     data = _read_structured(path)
     scale = None
     if isinstance(data, Mapping):

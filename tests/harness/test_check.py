@@ -247,6 +247,13 @@ def test_results_file_forms_and_errors(tmp_path):
         load_results(tmp_path / "absent.json")
     code, _, err = _run(results_path=tmp_path / "absent.json")
     assert code == 2 and "file not found" in err
+    # a results directory stands for the table6_results.json it holds
+    results_dir = tmp_path / "results"
+    results_dir.mkdir()
+    with pytest.raises(CheckError, match="a directory without table6_results.json"):
+        load_results(results_dir)
+    (results_dir / "table6_results.json").write_text(obj.read_text(), encoding="utf-8")
+    assert [c.key for c in load_results(results_dir)] == ["6a/vcs/top1"]
 
 
 def test_derived_gains_need_both_operands(reg):

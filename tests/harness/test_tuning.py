@@ -353,6 +353,17 @@ def test_exact_lambda_study_encodes_each_sentence_once(run_dir: Path, tmp_path: 
     assert 0.0 <= result.lam_interval[0] < result.best_lambda < result.lam_interval[1] <= 1.0
     plots = json.loads((spec.study_dir() / "plots.json").read_text())
     assert plots["optimization_history"] == "ok" and plots["contour"].startswith("skipped")
+    # instead of Optuna's contour (one sampled parameter): the exact objective over k × λ
+    assert plots["exact_k_lambda"] == "ok" and "exact_k_lambda.png" in plots["contour"]
+    assert (spec.study_dir() / "exact_k_lambda.png").stat().st_size > 0
+    surface = json.loads((spec.study_dir() / "exact_k_lambda.json").read_text())
+    assert surface["k"] == [1, 2, 3, 4] and len(surface["values"]) == 4 and len(surface["values"][0]) == len(surface["lam"])
+    problem = ProblemFactory(spec, str(run_dir), text_side=WordEncoder())()
+    for k, row in zip(surface["k"], surface["values"]):  # each row is the exact objective of that k at each λ
+        for j in (0, 100, 250, 400):
+            assert row[j] == pytest.approx(problem.evaluate(k, surface["lam"][j]), abs=1e-12)
+    best_row = surface["values"][surface["k"].index(result.best_params["k"])]
+    assert max(max(r) for r in surface["values"]) == pytest.approx(max(best_row)) == pytest.approx(result.best_value)
 
 
 @pytest.fixture

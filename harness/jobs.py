@@ -152,7 +152,7 @@ def job_threads(requested: Optional[int] = None) -> Optional[int]:
 
     None leaves torch's default (every core). Jobs sharing a machine (the local executor running
     ``parallelism`` jobs at once) must not each use every core: oversubscribed OpenMP threads made a
-    smoke run ~4x slower on 2 cores (README "Timings").
+    smoke run ~3-4x slower on 2 cores (README, "The embedded default").
     """
     if requested is not None:
         if requested < 1:

@@ -34,15 +34,17 @@ bench: setup
 world: setup
 	$(BIN)/bikebench world build
 
+# LAMBDA_FROM=<study name | study dir | best.json>: the fused cells also at the study's λ (from cached scores)
 table6: setup
-	$(BIN)/bikebench table6 --scale $(SCALE) --executor $(EXECUTOR) --parallelism $(PARALLELISM)
+	$(BIN)/bikebench table6 --scale $(SCALE) --executor $(EXECUTOR) --parallelism $(PARALLELISM) $(if $(LAMBDA_FROM),--lambda-from $(LAMBDA_FROM))
 
 check: setup
 	$(BIN)/bikebench check
 
 # the study reads the cached scores of Table 6's BIKE run: table6 first (finished runs are skipped)
+# WORKERS=N runs N study workers as one job array (EXECUTOR=local by default; slurm on a cluster)
 tune: table6
-	$(BIN)/bikebench tune sweeps/lambda_k.yaml
+	$(BIN)/bikebench tune sweeps/lambda_k.yaml $(if $(WORKERS),--workers $(WORKERS) --executor $(EXECUTOR))
 
 mlflow-ui: setup
 	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/results/mlflow.db

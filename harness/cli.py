@@ -49,17 +49,23 @@ def _submit_options(parser: argparse.ArgumentParser) -> None:
     res.add_argument("--timeout-min", type=float, default=None)
     res.add_argument("--max-num-timeout", type=int, default=None)
     res.add_argument("--signal-delay-s", type=int, default=None)
+    _slurm_options(res, gpus=True)
+
+
+def _slurm_options(res: argparse._ArgumentGroup, gpus: bool, array_help: Optional[str] = None) -> None:
+    """The SLURM resource flags (``gpus``: also --gpus-per-node, --nodes, --tasks-per-node)."""
     res.add_argument("--partition")
-    res.add_argument("--gpus-per-node", type=int)
-    res.add_argument("--nodes", type=int)
-    res.add_argument("--tasks-per-node", type=int)
+    if gpus:
+        res.add_argument("--gpus-per-node", type=int)
+        res.add_argument("--nodes", type=int)
+        res.add_argument("--tasks-per-node", type=int)
     res.add_argument("--cpus-per-task", type=int)
     res.add_argument("--mem")
     res.add_argument("--time", help="SLURM time limit: minutes or [D-]HH:MM:SS")
     res.add_argument("--account")
     res.add_argument("--qos")
     res.add_argument("--constraint")
-    res.add_argument("--array-parallelism", type=int)
+    res.add_argument("--array-parallelism", type=int, help=array_help)
     res.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE", help="extra sbatch option (repeatable)")
 
 
@@ -120,15 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll", type=float, default=1.0, help="seconds between polls of the worker array")
     res = p.add_argument_group("worker resources (override the sweep's `resources`)")
     res.add_argument("--timeout-min", type=float, default=None, help="wall-clock limit of each worker task")
-    res.add_argument("--partition")
-    res.add_argument("--cpus-per-task", type=int)
-    res.add_argument("--mem")
-    res.add_argument("--time", help="SLURM time limit: minutes or [D-]HH:MM:SS")
-    res.add_argument("--account")
-    res.add_argument("--qos")
-    res.add_argument("--constraint")
-    res.add_argument("--array-parallelism", type=int, help="how many worker tasks may run at once")
-    res.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE", help="extra sbatch option (repeatable)")
+    _slurm_options(res, gpus=False, array_help="how many worker tasks may run at once")
 
     p = sub.add_parser("mlflow-uri", help="print the tracking URI in use")
     _common(p)

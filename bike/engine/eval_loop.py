@@ -357,12 +357,21 @@ def evaluate_split(
     cache_dir = split_cache_dir(run_dir, split)
     vs_path = cache_dir / ".view_scores.assemble.npy" if write else None
     key = video_side_key(config, model, split, records, names, views, mode, collect)
-    reused = find_reusable(key, split, [d for d in reuse_from if d is not None and Path(d).resolve() != Path(run_dir).resolve()])
-    if reused is not None:
-        if logger:
+    # rank 0 alone reads the candidate caches and decides for every rank: ranks that disagreed (a
+    # file seen by one node only) would leave the others waiting in score_videos' collectives
+    reused = None
+    if rank == 0:
+        reused = find_reusable(key, split, [d for d in reuse_from if d is not None and Path(d).resolve() != Path(run_dir).resolve()])
+    use_cache = reused is not None
+    if world > 1:
+        box = [use_cache]
+        dist.broadcast_object_list(box, src=0)
+        use_cache = bool(box[0])
+    if use_cache:
+        if logger and reused is not None:
             logger.info("eval %s: video-branch scores of %d videos reused from %s (same video-side key)",
                         split, reused.num_videos, reused.directory)
-        vs = _scores_from_cache(reused, dataset.num_views) if rank == 0 else None
+        vs = _scores_from_cache(reused, dataset.num_views) if reused is not None else None
     else:
         vs = score_videos(model, dataset, config, device, logger, mode=mode, collect_frames=collect,
                           view_scores_path=vs_path, desc=f"eval {split}")

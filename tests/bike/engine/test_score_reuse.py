@@ -112,3 +112,56 @@ def test_weights_digest_ignores_only_the_attributes_branch_and_logit_scale():
     with torch.no_grad():
         m.backbone.bias[0] += 1e-6
     assert weights_digest(m) != d0
+
+
+def _eval_ranks(rank, world, port, data, out_dir, sources_by_rank):
+    """One rank: evaluate the tiny model into run ``a`` (scored), then into run ``b`` with this rank's
+    ``reuse_from`` list; rank 0 records what it got."""
+    import os
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    from bike.distributed import init_distributed
+    from bike.engine.datasets import class_names
+    from bike.engine.eval_loop import evaluate_split
+    from bike.engine.model import BikeModel
+    from bike.engine.train_loop import reseed
+
+    init_distributed()
+    try:
+        cfg = tiny_config(data, stage="eval")
+        reseed(cfg.seed)
+        model = BikeModel.from_config(cfg, class_names(cfg))
+        out = Path(out_dir)
+        first = evaluate_split(cfg, model, out / "a", "val", torch.device("cpu"))
+        sources = [out / "a"] if rank in sources_by_rank else []
+        second = evaluate_split(cfg, model, out / "b", "val", torch.device("cpu"), reuse_from=sources)
+        if rank == 0:
+            torch.save({"first": first, "second": second}, out / "rank0.pt")
+        else:
+            assert first is None and second is None
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("sources_by_rank, reused", [((0, 1), True), ((1,), False)])
+def test_two_ranks_follow_rank_zeros_reuse_decision(data, tmp_path, sources_by_rank, reused):
+    """Rank 0 decides: with the source seen by rank 1 only, both ranks score (no rank left waiting)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_eval_ranks, args=(2, port, data, str(tmp_path), sources_by_rank), nprocs=2, join=True)
+    got = torch.load(tmp_path / "rank0.pt", weights_only=False)
+    (m1, c1), (m2, c2) = got["first"], got["second"]
+    assert c2["video_scores_from"] == (str(tmp_path / "a" / "cache" / "val") if reused else None)
+    assert c1["evaluated"] == c2["evaluated"] == 6
+    np.testing.assert_array_equal(read_cache(tmp_path / "a/cache/val").video_scores, read_cache(tmp_path / "b/cache/val").video_scores)

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Sequence, Union
 
 import numpy as np
+import submitit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -981,12 +982,8 @@ def open_storage(storage: str) -> Any:
     return optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else None)
 
 
-def make_sampler(spec: SweepSpec, k_max: int, worker: int = 0) -> Any:
-    """TPE (seeded per worker so workers explore differently) or a grid over the discrete space."""
-    import optuna
-
-    if spec.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=spec.seed + worker)
+def grid_space(spec: SweepSpec, k_max: int) -> dict[str, list]:
+    """The grid sampler's search space: every searched dimension's discrete values."""
     space = spec.space
     grid: dict[str, list] = {}
     if isinstance(space.k, IntRange):
@@ -996,9 +993,38 @@ def make_sampler(spec: SweepSpec, k_max: int, worker: int = 0) -> Any:
         grid["transform"] = list(space.transform)
     if isinstance(space.lam, FloatRange):
         grid["lam"] = space.lam.values()  # type: ignore[assignment]
+    return grid
+
+
+def grid_exhausted(spec: SweepSpec, study: Any, k_max: int) -> bool:
+    """A grid study whose every point has a complete trial (Optuna's grid sampler would still run one
+    more, duplicate, trial for a worker that joins it then)."""
+    import itertools
+
+    import optuna
+
+    grid = grid_space(spec, k_max)
+    if spec.sampler != "grid" or not grid:
+        return False
+    names = sorted(grid)
+    done = {tuple(t.params.get(n) for n in names)
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
+    return all(point in done for point in itertools.product(*(grid[n] for n in names)))
+
+
+def make_sampler(spec: SweepSpec, k_max: int, worker: int = 0) -> Any:
+    """TPE (seeded per worker so workers explore differently) or a grid over the discrete space (one seed
+    for all workers, so that they agree on the numbering of its points)."""
+    import optuna
+
+    if spec.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=spec.seed + worker)
+    grid = grid_space(spec, k_max)
     if not grid:  # nothing to search (a single trial evaluates the fixed point)
         return optuna.samplers.RandomSampler(seed=spec.seed + worker)
-    return optuna.samplers.GridSampler(grid, seed=spec.seed + worker)
+    # one seed for every worker: the grid sampler shuffles its points by the seed, and workers that
+    # shuffled differently would number the points differently and run some twice
+    return optuna.samplers.GridSampler(grid, seed=spec.seed)
 
 
 def trials_per_worker(spec: SweepSpec) -> int:
@@ -1014,10 +1040,40 @@ def _create_study(spec: SweepSpec, storage: str, sampler: Any) -> Any:
     )
 
 
-def _worker_main(factory: ProblemFactory, storage: str, worker: int) -> list[int]:
+#: Trial user attribute naming the worker task that ran it (stale RUNNING trials are recovered by it).
+WORKER_ATTR = "worker"
+#: Trial user attribute of a re-run: the number of the interrupted trial it repeats.
+RETRY_ATTR = "retry_of"
+
+
+def recover_stale_trials(study: Any, worker: int) -> list[int]:
+    """Mark this worker's RUNNING trials FAIL and queue their parameters again; returns the numbers queued.
+
+    A worker runs one trial at a time, so a trial still RUNNING under its index when it (re)starts was
+    cut off by a timeout or a preemption: its point is re-run first (``enqueue_trial``; the grid
+    sampler leaves enqueued trials alone), so a requeued study loses no point of its space.
+    """
+    import optuna
+
+    stale = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+             if t.user_attrs.get(WORKER_ATTR) == worker]
+    done = [t.params for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    retried = []
+    for t in stale:
+        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        if dict(t.params) in done:  # another worker finished that point meanwhile (the grid sampler
+            continue                # gives running points to idle workers): nothing to redo
+        study.enqueue_trial(dict(t.params), user_attrs={RETRY_ATTR: int(t.number)}, skip_if_exists=False)
+        retried.append(int(t.number))
+    return retried
+
+
+def _worker_main(factory: ProblemFactory, storage: str, worker: int, target_complete: Optional[int] = None) -> list[int]:
     """One worker: build the problem, join the study, run ``spec.n_trials`` trials.
 
-    Returns the numbers of the trials this worker completed.
+    ``target_complete``: stop once the study holds this many complete trials (all workers together),
+    so that a worker requeued after a timeout runs only what is left. Returns the numbers of the
+    trials this worker completed.
     """
     import optuna
 
@@ -1026,32 +1082,62 @@ def _worker_main(factory: ProblemFactory, storage: str, worker: int) -> list[int
     problem = factory()
     kmax = k_high(spec.space, problem.cache)
     study = _create_study(spec, storage, make_sampler(spec, kmax, worker))
+    retried = recover_stale_trials(study, worker)
+    if retried:
+        print(f"study {spec.study} worker {worker}: re-running interrupted trial(s) {retried}", flush=True)
     done: list[int] = []
+    inner = make_objective(problem, spec.space, kmax)
+
+    def objective(trial: Any) -> float:
+        trial.set_user_attr(WORKER_ATTR, worker)
+        return inner(trial)
 
     def record(_study: Any, trial: Any) -> None:
         if trial.state == optuna.trial.TrialState.COMPLETE:
             done.append(int(trial.number))
 
-    study.optimize(
-        make_objective(problem, spec.space, kmax), n_trials=trials_per_worker(spec), timeout=spec.timeout_s, callbacks=[record]
-    )
+    callbacks: list[Callable] = [record]
+    if grid_exhausted(spec, study, kmax):
+        return done
+    if target_complete is not None:
+        from optuna.study import MaxTrialsCallback
+
+        complete = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+        if complete >= target_complete:
+            return done
+        callbacks.append(MaxTrialsCallback(target_complete, states=(optuna.trial.TrialState.COMPLETE,)))
+    study.optimize(objective, n_trials=trials_per_worker(spec), timeout=spec.timeout_s, callbacks=callbacks)
     return done
 
 
 @dataclass
-class StudyWorker:
+class StudyWorker(submitit.helpers.Checkpointable):
     """One task of a study's worker array (a picklable callable that submitit runs on the node).
+
+    On a timeout or a preemption submitit calls :meth:`checkpoint` and requeues the same task; the
+    requeued task re-runs the trial that was cut off (:func:`recover_stale_trials`) and stops at
+    ``target_complete`` complete trials, so nothing is lost and nothing is done twice.
 
     Args:
         factory: builds the problem in the task's process (the parent has validated the caches).
         storage: the study's storage string (absolute paths).
         worker: the task's index in the array; seeds its sampler (``spec.seed + worker``).
+        threads: OpenMP/torch threads of the task (None: leave them).
+        target_complete: complete trials the study should hold when the array is done.
     """
 
     factory: ProblemFactory
     storage: str
     worker: int
     threads: Optional[int] = None
+    target_complete: Optional[int] = None
+    attempts: int = 1
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """Requeue this task (the study's storage is its checkpoint)."""
+        print(f"study {self.factory.spec.study} worker {self.worker}: checkpoint signal, requeued "
+              f"(attempt {self.attempts + 1})", flush=True)
+        return submitit.helpers.DelayedSubmission(replace(self, attempts=self.attempts + 1), *args, **kwargs)
 
     def __call__(self) -> dict[str, Any]:
         """Run the worker's trials; returns ``{worker, trials, host, pid, threads, seconds}`` (also printed to the task's log).
@@ -1067,9 +1153,10 @@ class StudyWorker:
             if "torch" in sys.modules:
                 sys.modules["torch"].set_num_threads(self.threads)
         t0 = time.perf_counter()
-        trials = _worker_main(self.factory, self.storage, self.worker)
+        trials = _worker_main(self.factory, self.storage, self.worker, self.target_complete)
         summary = {
             "worker": self.worker,
+            "attempts": self.attempts,
             "trials": trials,
             "host": socket.gethostname(),
             "pid": os.getpid(),
@@ -1132,8 +1219,11 @@ def run_worker_array(
     study_dir: Path,
     poll_s: float = DEFAULT_WORKER_POLL_S,
     log: Callable[[str], None] = print,
+    target_complete: Optional[int] = None,
 ) -> list[dict[str, Any]]:
     """Submit ``workers`` :class:`StudyWorker` tasks as ONE submitit job array and wait for all of them.
+
+    ``target_complete``: complete trials the study should hold at the end (a requeued task stops there).
 
     Logs, pickles and results go to a folder of this invocation, ``<study_dir>/submitit/<time>-<pid>-<hex>/``
     (one sub-folder per task). Raises :class:`StudyWorkerError` naming every failed task (index, job id,
@@ -1146,7 +1236,7 @@ def run_worker_array(
     folder = invocation_folder(study_dir)
     ex = make_executor(executor, folder / "%j", resources, params)
     with ex.batch():
-        jobs = [ex.submit(StudyWorker(factory, storage, w, worker_threads(executor, resources, workers)))
+        jobs = [ex.submit(StudyWorker(factory, storage, w, worker_threads(executor, resources, workers), target_complete))
                 for w in range(workers)]
     ids = [str(j.job_id) for j in jobs]
     log(f"study {factory.spec.study}: {workers} worker(s) submitted as one {executor} job array "
@@ -1304,7 +1394,9 @@ def run_study(
         study.optimize(make_objective(problem, spec.space, kmax), n_trials=trials_per_worker(spec), timeout=spec.timeout_s)
         worker_info: dict[str, Any] = {"executor": "in-process", "workers": 1}
     else:
-        summaries = run_worker_array(factory, storage, workers, cluster, res, study_dir, poll_s=poll_s, log=log)
+        before = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+        summaries = run_worker_array(factory, storage, workers, cluster, res, study_dir, poll_s=poll_s, log=log,
+                                     target_complete=before + workers * trials_per_worker(spec))
         worker_info = {
             "executor": cluster,
             "workers": workers,

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import time
 import sys
 from pathlib import Path
 
@@ -415,7 +416,7 @@ def test_two_workers_as_one_local_job_array_lose_no_trial(
     if sampler == "tpe":
         assert result.n_complete == 2 * 5 and [len(s["trials"]) for s in summaries] == [5, 5]
     else:
-        assert {t.params["k"] for t in complete} == {1, 2, 3, 4}  # the grid is covered
+        assert sorted(t.params["k"] for t in complete) == [1, 2, 3, 4]  # the grid is covered, each point once
     best = json.loads((spec.study_dir() / "best.json").read_text())
     assert best["worker_array"]["executor"] == "local" and best["worker_array"]["workers"] == 2
     assert best["n_complete"] == result.n_complete and best["classes"] == [f"cat{c}" for c in range(N_CLASSES)]
@@ -461,6 +462,60 @@ def test_a_failing_worker_task_names_the_task_and_its_log(run_dir: Path, tmp_pat
 
     study = optuna.load_study(study_name="failing", storage=open_storage(f"journal:{tmp_path / 'j.log'}"))
     assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 3
+
+
+class StallsInFirstWorkerTrial(WordEncoder):
+    """A text side whose first encoding in a worker process (never the parent) stalls until the task's
+    time limit: the trial that asked for it is cut off mid-way, as by a preemption."""
+
+    def __init__(self, parent_pid: int, marker: Path):
+        super().__init__()
+        self.parent_pid = parent_pid
+        self.marker = str(marker)
+
+    def encode(self, sentences: list[str]) -> np.ndarray:
+        attribute_sentences = any(re.search(r"\ba\d+_\d+", s) for s in sentences)  # not the class prompts
+        if os.getpid() != self.parent_pid and attribute_sentences:
+            try:
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                time.sleep(120)  # the checkpoint signal comes long before this ends
+            except FileExistsError:
+                pass
+        return super().encode(sentences)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", ["tpe", "grid"])
+def test_a_worker_cut_off_by_its_time_limit_is_requeued_and_loses_nothing(run_dir: Path, tmp_path: Path, by_value, sampler) -> None:
+    """A real local timeout: the stalled task gets the checkpoint signal, is requeued and marks its
+    cut-off trial FAIL. TPE: that point is run again first and the study reaches 2 x n_trials complete
+    trials. Grid: the idle worker already took the running point (Optuna's grid sampler does), so it
+    is not run a third time, and the grid ends covered, each point once."""
+    url = f"journal:{tmp_path / 'o.journal'}"
+    space = {"lam": {"low": 0, "high": 1}, "k": {"low": 1}} if sampler == "tpe" else {"k": {"low": 1, "high": 4}}
+    # the checkpoint signal 8 s after each (re)start; the stalled trial would take 120 s
+    spec = spec_for(run_dir, tmp_path, n_trials=4, workers=2, storage=url, sampler=sampler, space=space,
+                    resources={"timeout_min": 12 / 60, "signal_delay_s": 4, "max_num_timeout": 3})
+    text_side = StallsInFirstWorkerTrial(os.getpid(), tmp_path / "stalled-once")
+    result = run_study(spec, ProblemFactory(spec, str(run_dir), text_side=text_side), executor="local", poll_s=0.2,
+                       log=lambda m: None)
+    from harness.tuning import RETRY_ATTR, WORKER_ATTR, open_storage
+
+    assert (tmp_path / "stalled-once").exists()  # a trial did stall
+    study = optuna.load_study(study_name="s1", storage=open_storage(url))
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(failed) == 1 and len(failed) + len(complete) == len(study.trials)  # nothing left RUNNING
+    summaries = _task_summaries(spec.study_dir())
+    assert sorted(s["attempts"] for s in summaries) == [1, 2]
+    assert result.n_complete == len(complete)
+    retry = [t for t in complete if t.user_attrs.get(RETRY_ATTR) == failed[0].number]
+    if sampler == "tpe":
+        assert len(complete) == 2 * 4  # the requeued task ran only what was left
+        assert len(retry) == 1 and retry[0].params == failed[0].params  # the cut-off point, run again
+        assert retry[0].user_attrs[WORKER_ATTR] == failed[0].user_attrs[WORKER_ATTR]  # by the requeued task
+    else:
+        assert sorted(t.params["k"] for t in complete) == [1, 2, 3, 4] and not retry
 
 
 def test_debug_executor_runs_the_array_in_process(run_dir: Path, tmp_path: Path) -> None:
@@ -632,3 +687,21 @@ def test_cli_tune_workers_executor_and_resources_override_the_sweep(tmp_path: Pa
     assert not (tmp_path / "res/studies/cli_slurm/submitit").exists()
     assert bikebench(["tune", str(path), "--workers", "0", "--no-track"]) == 2
     assert "--workers 0; expected >= 1" in capsys.readouterr().err
+
+
+def test_grid_workers_agree_on_the_points_so_interleaved_workers_never_repeat_one(run_dir: Path, tmp_path: Path) -> None:
+    """Two workers' grid samplers on one storage, asking in turn while the other's trial runs: every
+    point is handed out once (Optuna numbers grid points by its seed, so all workers share one seed)."""
+    from harness.tuning import make_sampler
+
+    spec = spec_for(run_dir, tmp_path, sampler="grid", space={"k": {"low": 1, "high": 8}}, workers=2)
+    storage = optuna.storages.InMemoryStorage()
+    optuna.create_study(study_name="g", storage=storage, direction="maximize")
+    workers = [optuna.load_study(study_name="g", storage=storage, sampler=make_sampler(spec, 8, w)) for w in (0, 1)]
+    seen = []
+    for _ in range(3):  # 6 of the 8 points (the grid sampler stops the study once the grid is done)
+        running = [(study, study.ask()) for study in workers]  # both trials running at once
+        for study, trial in running:
+            seen.append(trial.suggest_int("k", 1, 8))
+            study.tell(trial, 0.5)
+    assert len(set(seen)) == len(seen) == 6, seen

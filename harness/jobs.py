@@ -174,6 +174,26 @@ def apply_job_threads(threads: Optional[int]) -> None:
     torch.set_num_threads(threads)
 
 
+#: bike.engine.attributes_cache.SHARED_CACHE_ENV (not imported here: it would import torch).
+SHARED_CACHE_ENV = "BIKE_SHARED_CACHE"
+#: The cross-run store of a results directory (generated attributes shared by every run).
+SHARED_CACHE_DIR = "cache"
+
+
+@contextlib.contextmanager
+def shared_cache_env(run_dir: Path):
+    """``$BIKE_SHARED_CACHE`` = ``<results>/cache`` of this run (``<results>/runs/<id>``) while the job
+    runs, unless the user set it; restored afterwards (debug jobs run in the caller's process)."""
+    before = os.environ.get(SHARED_CACHE_ENV)
+    if before is None:
+        os.environ[SHARED_CACHE_ENV] = str(Path(run_dir).resolve().parent.parent / SHARED_CACHE_DIR)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(SHARED_CACHE_ENV, None)
+
+
 class RunJob(submitit.helpers.Checkpointable):
     """One run as a submitit job: ``RunJob(run_dir, config_yaml, target, threads)()`` → the result dict.
 
@@ -202,7 +222,7 @@ class RunJob(submitit.helpers.Checkpointable):
         try:
             apply_job_threads(job_threads(getattr(self, "threads", None)))
             config = RunConfig.model_validate(yaml.safe_load(self.config_yaml))
-            with preemption.installed():
+            with preemption.installed(), shared_cache_env(rd.path):
                 try:
                     result = import_target(self.target)(config, rd.path)
                 except Exception as exc:

@@ -8,14 +8,25 @@ rank order (any smaller k is a slice).
 
 The file records what produced it (lexicon, generator, frames, resolution, max_k); a cache is reused —
 from this run, or from the ``init_from`` run — only when these agree, and only the missing videos are
-generated. In a distributed run every rank ranks its share of the videos and rank 0 writes the file.
+generated. In a distributed run rank 0 decides what is missing, every rank ranks its share of those
+videos, rank 0 writes the file and the other ranks read it.
+
+Runs that do not descend from one another (Table 6's ``bike`` and ``mean_pool_attr`` stage-2 runs, on
+two different stage-1 runs) still share one generator: with ``$BIKE_SHARED_CACHE`` set (the harness
+sets it to ``<results>/cache``) the phrases also go to a store shared by every run,
+``$BIKE_SHARED_CACHE/attributes/<key>.json``, keyed by the generator signature and the digest of the
+``bike`` sources. A run takes what the store holds and generates the rest under a file lock on that
+key, so two runs started together generate each video once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -28,6 +39,8 @@ from bike.engine.checkpoint import atomic_write_json, init_run_dir
 from bike.engine.logging import RunLogger
 
 ATTRIBUTES_FORMAT = 1
+#: Environment variable naming the directory of the cross-run store (unset: no store).
+SHARED_CACHE_ENV = "BIKE_SHARED_CACHE"
 
 
 def generator_signature(config: RunConfig) -> dict:
@@ -70,6 +83,34 @@ def read_attributes(path: Path, signature: dict) -> dict[str, list[str]]:
     return {str(k): list(v) for k, v in data.get("videos", {}).items()}
 
 
+def shared_store_path(signature: dict) -> Optional[Path]:
+    """The cross-run store file of ``signature`` under ``$BIKE_SHARED_CACHE`` (None when unset)."""
+    from bike.engine.score_reuse import code_digest
+
+    root = os.environ.get(SHARED_CACHE_ENV)
+    if not root:
+        return None
+    key = hashlib.sha256(json.dumps({"signature": signature, "code": code_digest()}, sort_keys=True).encode()).hexdigest()
+    return Path(root) / "attributes" / f"{key[:24]}.json"
+
+
+@contextlib.contextmanager
+def _store_lock(store: Optional[Path]) -> Iterator[None]:
+    """An exclusive POSIX lock on ``<store>.lock`` (works across processes and, with lockd, NFS nodes)."""
+    if store is None:
+        yield
+        return
+    import fcntl
+
+    store.parent.mkdir(parents=True, exist_ok=True)
+    with open(store.with_name(store.name + ".lock"), "a+") as handle:
+        fcntl.lockf(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(handle, fcntl.LOCK_UN)
+
+
 def ensure_attributes(
     config: RunConfig,
     run_dir: Path,
@@ -79,32 +120,58 @@ def ensure_attributes(
     rank: int = 0,
     world_size: int = 1,
 ) -> dict[str, list[str]]:
-    """Ranked phrases for every record (by video id), generating only what no usable cache holds."""
+    """Ranked phrases for every record (by video id), generating only what no usable cache holds.
+
+    Sources, in order: this run's cache, the ``init_from`` run's, the cross-run store (see the module
+    docstring). Returns the same mapping on every rank.
+    """
     signature = generator_signature(config)
     path = attributes_cache_path(run_dir)
-    known = read_attributes(path, signature)
-    if config.init_from:
-        src = init_run_dir(config.init_from)
-        if src is not None and Path(src).resolve() != Path(run_dir).resolve():
-            inherited = read_attributes(attributes_cache_path(src), signature)
-            for k, v in inherited.items():
-                known.setdefault(k, v)
-    missing = [r for r in records if r.video_id not in known]
-    missing = list({r.video_id: r for r in missing}.values())
-    if missing:
-        if logger:
-            logger.info("generating attributes of %d video(s) (lexicon %s)", len(missing), config.attributes.lexicon)
-        mine = missing[rank::world_size]
-        produced = generate_for_records(config, mine, device, logger) if mine else {}
+    store = shared_store_path(signature) if rank == 0 else None
+    with _store_lock(store):
+        known: dict[str, list[str]] = {}
+        own: dict[str, list[str]] = {}
+        missing_ids: list[str] = []
+        if rank == 0:
+            own = read_attributes(path, signature)
+            known = dict(own)
+            if config.init_from:
+                src = init_run_dir(config.init_from)
+                if src is not None and Path(src).resolve() != Path(run_dir).resolve():
+                    for k, v in read_attributes(attributes_cache_path(src), signature).items():
+                        known.setdefault(k, v)
+            wanted = list(dict.fromkeys(r.video_id for r in records))
+            if store is not None and any(v not in known for v in wanted):
+                shared = read_attributes(store, signature)
+                for v in wanted:
+                    if v not in known and v in shared:
+                        known[v] = shared[v]
+            missing_ids = [v for v in wanted if v not in known]
         if world_size > 1:
-            parts: list = [None] * world_size
-            dist.all_gather_object(parts, produced)
-            for p in parts:
-                known.update(p)
-        else:
+            box = [missing_ids]
+            dist.broadcast_object_list(box, src=0)
+            missing_ids = box[0]
+        if missing_ids:
+            if logger:
+                logger.info("generating attributes of %d video(s) (lexicon %s)", len(missing_ids), config.attributes.lexicon)
+            by_id = {r.video_id: r for r in records}
+            mine = [by_id[v] for v in missing_ids[rank::world_size]]
+            produced = generate_for_records(config, mine, device, logger) if mine else {}
+            if world_size > 1:
+                parts: list = [None] * world_size
+                dist.all_gather_object(parts, produced)
+                produced = {k: v for p in parts for k, v in p.items()}
             known.update(produced)
-    if rank == 0 and (missing or not path.is_file()):
-        atomic_write_json(path, {"signature": signature, "videos": known})
+            if store is not None:  # rank 0: merge into the store while holding its lock
+                merged = read_attributes(store, signature)
+                merged.update(produced)
+                atomic_write_json(store, {"signature": signature, "videos": merged})
+        if rank == 0 and (known.keys() != own.keys() or not path.is_file()):  # the other ranks read this file
+            atomic_write_json(path, {"signature": signature, "videos": known})
+    if world_size > 1:
+        dist.barrier()
+        if rank != 0:
+            known = read_attributes(path, signature)
     return known
 
 

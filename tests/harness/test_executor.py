@@ -348,3 +348,30 @@ def test_job_threads_follow_the_slurm_allocation(monkeypatch):
     assert job_threads(2) == 2  # an explicit request wins
     with pytest.raises(ValueError, match="threads=0"):
         job_threads(0)
+
+
+def shared_cache_engine(config, run_dir) -> dict:
+    """Records the cross-run store directory the job sees."""
+    import os as _os
+
+    result = {"status": "done", "shared": _os.environ.get("BIKE_SHARED_CACHE")}
+    (Path(run_dir) / "result.json").write_text(json.dumps(result))
+    return result
+
+
+def test_jobs_see_the_results_directorys_shared_cache(tmp_path, monkeypatch):
+    from bike.engine.attributes_cache import SHARED_CACHE_ENV
+    from harness.jobs import SHARED_CACHE_ENV as HARNESS_NAME
+
+    assert HARNESS_NAME == SHARED_CACHE_ENV  # the harness names bike's variable without importing torch
+    monkeypatch.delenv(SHARED_CACHE_ENV, raising=False)
+    plan = expand(load_spec(write_spec(tmp_path / "s.yaml", {"a": {}}, FAST)), "full", tmp_path / "r")
+    Runner(tmp_path / "r", "debug", job_targets={"train": shared_cache_engine}, log=lambda m: None).execute(plan)
+    assert RunDir(plan.runs[0].run_dir).result()["shared"] == str((tmp_path / "r" / "cache").resolve())
+    import os as _os
+
+    assert SHARED_CACHE_ENV not in _os.environ  # restored after an in-process (debug) job
+    monkeypatch.setenv(SHARED_CACHE_ENV, str(tmp_path / "mine"))  # a user's choice is kept
+    plan2 = expand(load_spec(write_spec(tmp_path / "s2.yaml", {"b": {"set": {"model.frames": 4}}}, FAST)), "full", tmp_path / "r")
+    Runner(tmp_path / "r", "debug", job_targets={"train": shared_cache_engine}, log=lambda m: None).execute(plan2)
+    assert RunDir(plan2.runs[0].run_dir).result()["shared"] == str(tmp_path / "mine")

@@ -217,16 +217,10 @@ class RunConfig(_Strict):
     @classmethod
     def from_yaml(cls, path: str | Path) -> "RunConfig":
         """Read and validate a run config; errors name the file and the dotted field path."""
-        import yaml
         from pydantic import ValidationError
 
         path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: file not found") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raw = read_yaml_file(path) or {}
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
@@ -235,6 +229,26 @@ class RunConfig(_Strict):
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names file, field, value and what is allowed."""
+
+
+def read_yaml_file(path: str | Path, error: type[Exception] = ConfigError, what: str = "file",
+                   loader: Any = None) -> Any:
+    """The parsed content of a YAML file; a missing file or bad YAML raises ``error`` naming the path.
+
+    ``what`` names the file in the not-found message (``"spec file"``); ``loader``: a yaml Loader
+    class (default ``yaml.SafeLoader``).
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: {what} not found") from None
+    try:
+        return yaml.load(text, Loader=loader or yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: not valid YAML: {exc}") from None
 
 
 def format_validation_error(source: str | Path, exc: Any, prefix: str = "") -> str:

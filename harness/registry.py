@@ -23,6 +23,8 @@ from typing import Any, Iterator, Literal, Mapping, Optional, Sequence
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from bike.config import read_yaml_file
+
 DEFAULT_PATH = Path(__file__).resolve().parent / "data" / "paper_numbers.yaml"
 
 Metric = Literal["top1", "top5", "mAP", "mca", "gflops_per_view", "params_m"]
@@ -288,12 +290,7 @@ class Registry:
     def load(cls, path: str | Path | None = None) -> "Registry":
         """Read and validate a registry YAML (default: the packaged ``paper_numbers.yaml``)."""
         path = Path(path) if path is not None else DEFAULT_PATH
-        try:
-            raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)
-        except FileNotFoundError:
-            raise RegistryError(f"{path}: file not found") from None
-        except yaml.YAMLError as exc:
-            raise RegistryError(f"{path}: not valid YAML: {exc}") from None
+        raw = read_yaml_file(path, RegistryError, loader=_SAFE_LOADER)
         if not isinstance(raw, dict):
             raise RegistryError(f"{path}: expected a mapping with 'tables' and 'entries', got {type(raw).__name__}")
         try:

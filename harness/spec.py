@@ -56,6 +56,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 from bike.config import (
     AttributesConfig,
     ConfigError,
+    read_yaml_file,
     DataConfig,
     EvalConfig,
     FusionConfig,
@@ -521,12 +522,7 @@ def load_spec(
     Raises :class:`SpecError` naming the file, the dotted field path, the value and what is allowed.
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise SpecError(f"{path}: spec file not found") from None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    raw = read_yaml_file(path, SpecError, what="spec file")
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: <root>: got {type(raw).__name__}; expected a mapping of spec fields")
     raw = expand_env(raw, path, env=env)

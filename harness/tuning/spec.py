@@ -12,7 +12,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bike.config import ConfigError, RunConfig
+from bike.config import ConfigError, RunConfig, read_yaml_file
 from harness.spec import ResourceSpec
 
 ObjectiveName = Literal["fused_top1", "fused_mean_class"]
@@ -248,12 +248,7 @@ def load_sweep_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpe
     Errors name the file and the dotted field path.
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise SweepSpecError(f"{path}: file not found") from None
-    except yaml.YAMLError as exc:
-        raise SweepSpecError(f"{path}: not valid YAML: {exc}") from None
+    raw = read_yaml_file(path, SweepSpecError) or {}
     if not isinstance(raw, dict):
         raise SweepSpecError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     for item in overrides:

@@ -227,10 +227,38 @@ def status_rows(results: Path, plan: Optional[Any] = None) -> list[dict[str, str
             who = ", ".join(f"{s}.{v}" for s, v in plan.by_id[rd.run_id].requested_by)
         state = run_status(rd, sacct) if rd.exists() else "pending"
         reason = str(rd.read_state().get("reason", "")) if state in ("failed", "cancelled") else ""
+        result = (rd.result() or {}) if state == "done" else {}
         rows.append({"run_id": rd.run_id, "state": state, "job": f"{sub.get('cluster', '')}:{sub.get('job_id', '')}" if sub else "",
                      "scale": str(meta.get("scale", plan.scale if plan is not None else "")), "requested_by": who,
-                     "reason": reason.splitlines()[0][:120] if reason else ""})
+                     "reason": reason.splitlines()[0][:120] if reason else "",
+                     "elapsed": _duration(result.get("elapsed_s")), "headline": _headline(result)})
     return rows
+
+
+#: The metric a finished run is summed up by in ``bikebench status`` (the first its result has).
+HEADLINE_METRICS = ("top1", "mAP", "zs_half_top1", "zs_k600_top1")
+
+
+def _headline(result: dict) -> str:
+    """``top1 62.76`` (percent) for a finished run's result, else ``""``."""
+    metrics = result.get("metrics") or {}
+    for name in HEADLINE_METRICS:
+        value = metrics.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return f"{name} {value:.2f}"
+    return ""
+
+
+def _duration(seconds: Any) -> str:
+    """``14s``, ``3m05s``, ``2h03m``; ``""`` when unknown."""
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds < 0:
+        return ""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -248,8 +276,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"no runs under {results / 'runs'}")
         return 0
     width = max(len(r["state"]) for r in rows)
+    head = max(len(r["headline"]) for r in rows)
     for r in rows:
-        line = f"{r['run_id']}  {r['state']:<{width}}  {r['scale']:5s}  {r['job']:<16s}  {r['requested_by']}"
+        line = (f"{r['run_id']}  {r['state']:<{width}}  {r['scale']:5s}  {r['job']:<16s}  {r['elapsed']:>6s}  "
+                f"{r['headline']:<{head}}  {r['requested_by']}")
         print(line + (f"  ({r['reason']})" if r["reason"] else ""))
     counts: dict[str, int] = {}
     for r in rows:

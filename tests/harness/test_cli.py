@@ -19,7 +19,8 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 def engine(config, run_dir):
     """Stand-in for bike.train.run: writes result.json with a metric under "metrics"."""
-    result = {"status": "done", "run_id": config.content_hash(), "metrics": {"video_top1": float(config.model.frames)}}
+    result = {"status": "done", "run_id": config.content_hash(), "elapsed_s": 61.4 * config.model.frames,
+              "metrics": {"video_top1": float(config.model.frames), "top1": 10.0 * config.model.frames}}
     (Path(run_dir) / "result.json").write_text(json.dumps(result))
     return result
 
@@ -71,6 +72,19 @@ def test_executor_must_be_named_from_the_choices(spec_file):
         main(["run", str(spec_file), "--executor", "auto"])
 
 
+def _plan(spec_file, results):
+    from harness.expand import expand
+    from harness.spec import load_spec
+
+    return expand(load_spec(spec_file), "full", results)
+
+
+def test_status_durations():
+    from harness.cli import _duration
+
+    assert [_duration(x) for x in (None, 14.2, 185, 7380, -1)] == ["", "14s", "3m05s", "2h03m", ""]
+
+
 def test_run_status_and_sync(spec_file, tmp_path, capsys, fake_engine_kinds):
     results = tmp_path / "results"
     common = ["--results", str(results)]
@@ -84,6 +98,13 @@ def test_run_status_and_sync(spec_file, tmp_path, capsys, fake_engine_kinds):
     assert main(["status", *common]) == 0
     out = capsys.readouterr().out
     assert out.count(" done ") == 2 and "clidemo.a" in out and "local:" in out and "2 done" in out
+    rows = {line.split()[-1]: line for line in out.splitlines() if " done " in line}
+    frames = {v: yaml.safe_load((Path(r.run_dir) / "config.yaml").read_text())["model"]["frames"]
+              for v, r in ((r.requested_by[0][1], r) for r in _plan(spec_file, results).runs)}
+    for variant, n in frames.items():  # elapsed and the headline metric of each finished run
+        from harness.cli import _duration
+
+        assert f"{_duration(61.4 * n)}  top1 {10.0 * n:.2f}" in rows[f"clidemo.{variant}"]
     uri = default_tracking_uri(results)
     assert main(["sync", *common]) == 0
     assert "2 created" in capsys.readouterr().out

@@ -55,5 +55,7 @@ slurm-up:
 slurm-down:
 	bash scripts/slurm_down.sh
 
+# everything the commands wrote under results/ except the world (minutes to rebuild) and the committed files
 clean-results:
-	rm -rf results/runs results/mlflow.db results/mlruns results/*.md
+	rm -rf results/runs results/cache results/studies results/submitit results/mlflow.db results/mlartifacts \
+		results/mlruns results/table6.md results/table6_*.json

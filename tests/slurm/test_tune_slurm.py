@@ -66,12 +66,18 @@ def test_two_study_workers_run_as_one_slurm_array_and_lose_no_trial(slurm_cluste
         "resources": {"timeout_min": 5, "slurm": slurm},
         "space": {"k": None, "lam": {"low": 0.0, "high": 1.0}},
     }))
-    try:
-        rc = tune_main(sweep, [], None, poll_s=0.5)
-    finally:  # a failed test leaves nothing queued
+    def cancel_leftovers() -> None:  # a failed test leaves nothing queued
         if shutil.which("scancel"):
             subprocess.run(["scancel", "--name", f"tune-{study}"], capture_output=True, timeout=PROBE_TIMEOUT_S)
+
+    try:
+        rc = tune_main(sweep, [], None, poll_s=0.5)
+    except BaseException:
+        cancel_leftovers()  # not after a normal return: the tasks may still be exiting (COMPLETED, not CANCELLED)
+        raise
     captured = capsys.readouterr()
+    if rc != 0:
+        cancel_leftovers()
     assert rc == 0, captured.out + captured.err
     study_dir = job_dir / "results" / "studies" / study
     best = json.loads((study_dir / "best.json").read_text())
@@ -90,7 +96,7 @@ def test_two_study_workers_run_as_one_slurm_array_and_lose_no_trial(slurm_cluste
     assert len(tasks) == 2 and len({t.split("_")[0] for t in tasks}) == 1, tasks
     assert sorted(t.split("_")[1] for t in tasks) == ["0", "1"]
     for task in tasks:
-        wait_for_state(task, "COMPLETED", 30)
+        wait_for_state(task, "COMPLETED", 60)
         assert f"study {study} worker {task.split('_')[1]}:" in (invocation / task / f"{task}_0_log.out").read_text()
 
 
@@ -126,14 +132,19 @@ def test_a_failed_slurm_task_names_the_task_and_its_log(slurm_cluster, job_dir: 
     factory = BrokenOnNodes(spec, spec.source_run, parent_pid=os.getpid())
     module = sys.modules[__name__]
     cloudpickle.register_pickle_by_value(module)  # the node cannot import tests/
+    def cancel_leftovers() -> None:
+        if shutil.which("scancel"):
+            subprocess.run(["scancel", "--name", f"tune-{study}"], capture_output=True, timeout=PROBE_TIMEOUT_S)
+
     try:
         with pytest.raises(StudyWorkerError) as info:
             run_study(spec, factory, executor="slurm", poll_s=0.5, log=lambda m: None,
                       resources=ResourceSpec(timeout_min=5, slurm={"cpus_per_task": 1, **slurm}))
+    except BaseException:
+        cancel_leftovers()  # only when the test already failed: a cancel racing the tasks' own exit
+        raise               # would turn them CANCELLED instead of FAILED
     finally:
         cloudpickle.unregister_pickle_by_value(module)
-        if shutil.which("scancel"):
-            subprocess.run(["scancel", "--name", f"tune-{study}"], capture_output=True, timeout=PROBE_TIMEOUT_S)
     message = str(info.value)
     assert f"study {study}: 2 of 2 worker task(s) of the slurm job array failed" in message
     for task in (0, 1):
@@ -143,5 +154,9 @@ def test_a_failed_slurm_task_names_the_task_and_its_log(slurm_cluster, job_dir: 
         assert job_id.endswith(f"_{task}")
         log = Path(message.split(line, 1)[1].splitlines()[1].split("log: ", 1)[1])
         assert log.is_file() and "injected failure" in log.read_text()
-        wait_for_state(job_id, "FAILED", 30)
+        try:  # the result pickle (what the harness reads) comes before the task's exit reaches sacct
+            wait_for_state(job_id, "FAILED", 60)
+        except BaseException:
+            cancel_leftovers()
+            raise
     assert not (job_dir / "results" / "studies" / study / "best.json").exists()

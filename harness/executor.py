@@ -26,7 +26,7 @@ import submitit
 
 from bike.config import ConfigError
 from harness.expand import Plan, PlannedRun, prepare_run_dirs
-from harness.jobs import JobTarget, RunJob, job_target
+from harness.jobs import JobTarget, RunJob, job_target, threads_for
 from harness.rundir import TERMINAL_STATES, RunDir
 from harness.spec import ResourceSpec, SlurmSpec
 
@@ -292,12 +292,7 @@ class Runner:
     def job_threads(self, run: PlannedRun) -> Optional[int]:
         """torch threads per job: ``cpus_per_task`` when set; local jobs share the cores of this
         machine (``cpu_count // parallelism``); SLURM jobs read their allocation inside the job."""
-        cpus = self.resources(run).slurm.cpus_per_task
-        if cpus is not None:
-            return cpus
-        if self.cluster == "local":
-            return max(1, (os.cpu_count() or 1) // self.parallelism)
-        return None
+        return threads_for(self.cluster, self.resources(run).slurm.cpus_per_task, self.parallelism)
 
     def _job(self, run: PlannedRun) -> RunJob:
         return RunJob(run.run_dir, run.config.to_yaml(), self.target(run.kind), self.job_threads(run))

@@ -164,14 +164,33 @@ def job_threads(requested: Optional[int] = None) -> Optional[int]:
     return None
 
 
-def apply_job_threads(threads: Optional[int]) -> None:
-    """Limit torch's intra-op threads (and OpenMP's, for libraries started later) to ``threads``."""
+def threads_for(cluster: str, cpus_per_task: Optional[int], sharing: int) -> Optional[int]:
+    """Threads of one job or task: ``cpus_per_task`` when set; ``local`` jobs share this machine's
+    cores with ``sharing - 1`` others (``cpu_count // sharing``); else None (SLURM: read inside the job)."""
+    if cpus_per_task is not None:
+        return cpus_per_task
+    if cluster == "local":
+        return max(1, (os.cpu_count() or 1) // max(1, sharing))
+    return None
+
+
+#: Thread-pool variables of the numerical libraries a job may start after the limit is applied.
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def apply_job_threads(threads: Optional[int], import_torch: bool = True) -> None:
+    """Limit torch's intra-op threads (and OpenMP's/BLAS's, for libraries started later) to ``threads``.
+
+    ``import_torch=False`` sets torch's only when it is already imported (a study worker whose text
+    side may never need it)."""
     if threads is None:
         return
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    import torch
+    for var in THREAD_ENV_VARS:
+        os.environ[var] = str(threads)
+    if import_torch or "torch" in sys.modules:
+        import torch
 
-    torch.set_num_threads(threads)
+        torch.set_num_threads(threads)
 
 
 #: bike.engine.attributes_cache.SHARED_CACHE_ENV (not imported here: it would import torch).

@@ -35,7 +35,8 @@ from bike.attributes import encode_phrases, load_lexicon, rank_lexicon, video_em
 from bike.config import RunConfig
 from bike.data.lists import VideoRecord
 from bike.engine.caches import attributes_cache_path
-from bike.engine.checkpoint import atomic_write_json, init_run_dir
+from bike.engine.checkpoint import atomic_write_json
+from bike.engine.runner import reuse_sources
 from bike.engine.logging import RunLogger
 
 ATTRIBUTES_FORMAT = 1
@@ -135,9 +136,8 @@ def ensure_attributes(
         if rank == 0:
             own = read_attributes(path, signature)
             known = dict(own)
-            if config.init_from:
-                src = init_run_dir(config.init_from)
-                if src is not None and Path(src).resolve() != Path(run_dir).resolve():
+            for src in reuse_sources(config):
+                if src.resolve() != Path(run_dir).resolve():
                     for k, v in read_attributes(attributes_cache_path(src), signature).items():
                         known.setdefault(k, v)
             wanted = list(dict.fromkeys(r.video_id for r in records))

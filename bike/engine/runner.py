@@ -95,8 +95,8 @@ def load_init_weights(model, config: RunConfig, logger: RunLogger, device: torch
 
 
 def reuse_sources(config: RunConfig) -> list[Path]:
-    """Run directories whose cached video-branch scores this run may reuse: its ``init_from`` run
-    (when ``init_from`` names a run directory or a checkpoint inside one)."""
+    """Run directories whose caches (video-branch scores, generated attributes) this run may reuse:
+    its ``init_from`` run (when ``init_from`` names a run directory or a checkpoint inside one)."""
     from bike.engine.checkpoint import init_run_dir
 
     if not config.init_from:

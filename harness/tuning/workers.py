@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -130,11 +129,9 @@ class StudyWorker(submitit.helpers.Checkpointable):
         """
         import socket
 
-        if self.threads is not None:
-            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-                os.environ[var] = str(self.threads)
-            if "torch" in sys.modules:
-                sys.modules["torch"].set_num_threads(self.threads)
+        from harness.jobs import apply_job_threads
+
+        apply_job_threads(self.threads, import_torch=False)
         t0 = time.perf_counter()
         trials = _worker_main(self.factory, self.storage, self.worker, self.target_complete)
         summary = {
@@ -184,13 +181,9 @@ def worker_parameters(executor: str, resources: ResourceSpec, job_name: str) -> 
 def worker_threads(executor: str, resources: ResourceSpec, workers: int) -> Optional[int]:
     """Threads per worker task: ``slurm.cpus_per_task`` when set; local tasks share this machine's cores
     (``cpu_count // workers``); None for debug (tasks run in this process) and for SLURM without it."""
-    if executor == "debug":
-        return None
-    if resources.slurm.cpus_per_task is not None:
-        return resources.slurm.cpus_per_task
-    if executor == "local":
-        return max(1, (os.cpu_count() or 1) // workers)
-    return None
+    from harness.jobs import threads_for
+
+    return None if executor == "debug" else threads_for(executor, resources.slurm.cpus_per_task, workers)
 
 
 def run_worker_array(

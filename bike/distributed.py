@@ -195,6 +195,19 @@ def barrier() -> None:
         dist.barrier()
 
 
+def shutdown() -> None:
+    """Leave the process group cleanly: wait for every rank, then destroy it (no-op without one).
+
+    Destroying a gloo group while a peer is still talking to it can abort the process at exit
+    ("terminate called without an active exception"), so every rank passes a barrier first.
+    """
+    if not _active():
+        return
+    if world_size() > 1:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 # ----------------------------------------------------------------------------------- gather
 class _GatherWithGrad(torch.autograd.Function):
     """all_gather forward; backward returns this rank's slice of the incoming gradient."""

@@ -151,3 +151,10 @@ def test_slurm_environment_resolution(clean_env):
     clean_env.setenv("RANK", "one")
     with pytest.raises(ValueError, match="RANK='one'"):
         bd._resolve_env()
+
+
+def test_shutdown_without_a_group_is_a_no_op():
+    from bike.distributed import shutdown
+
+    shutdown()  # nothing to leave: must not raise
+    assert not (torch.distributed.is_available() and torch.distributed.is_initialized())

@@ -139,11 +139,15 @@ def train_tiny_gathered(steps: int, global_batch: int, seed: int = 0, lr: float 
                            "it must build its own from the environment")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    from bike.distributed import shutdown
+
     try:
-        return _train_tiny_gathered(steps, global_batch, seed, lr, temperature)
+        result = _train_tiny_gathered(steps, global_batch, seed, lr, temperature)
+        shutdown()  # every rank done talking before the group goes (a bare destroy aborted a task at exit once)
+        return result
     finally:
         torch.set_num_threads(threads)
-        if dist.is_available() and dist.is_initialized():
+        if dist.is_available() and dist.is_initialized():  # after an error: no barrier a dead peer would hang
             dist.destroy_process_group()
 
 

@@ -150,6 +150,13 @@ class EvalConfig(_Strict):
     split: Literal["val", "test", "tune"] = "val"
 
 
+class NumericsConfig(_Strict):
+    """How the job's CPU computes (not a constant of the method; see ``bike.numerics``)."""
+
+    pinned: bool = Field(
+        False, description="Pinned CPU kernels and one thread: the same bytes on every x86-64 CPU with AVX2 (smoke scale).")
+
+
 class RunConfig(_Strict):
     """One run: a stage of training and/or an evaluation. Its content hash is its identity."""
 
@@ -165,6 +172,7 @@ class RunConfig(_Strict):
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    numerics: NumericsConfig = NumericsConfig()
 
     @model_validator(mode="before")
     @classmethod

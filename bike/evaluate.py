@@ -22,6 +22,7 @@ from bike.engine import runner
 from bike.engine.logging import RunLogger
 
 
+@runner.with_numerics
 def run(
     config: RunConfig,
     run_dir: Path,

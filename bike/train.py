@@ -30,6 +30,7 @@ def _selection_value(metrics: dict, multi_label: bool, key_prefix: str) -> Optio
     return None if v is None else float(v)
 
 
+@runner.with_numerics
 def run(
     config: RunConfig,
     run_dir: Path,

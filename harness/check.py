@@ -13,8 +13,15 @@ results for one paper cell (e.g. ``"paper"`` for the paper-formula profile); the
 
 Baseline file (``results/baselines/table6_smoke.json``, written by :func:`write_baseline`)::
 
-    {"schema": "bikebench.baseline/1", "created": "...", "meta": {...},
-     "cells": {"6a/mean_pool/top1": {"value": 41.2, "metric": "top1", "run_id": "..."}, ...}}
+    {"schema": "bikebench.baseline/1", "created": "...", "meta": {"world": {...}, ...},
+     "cells": {"6a/mean_pool/top1": {"value": 41.2, "metric": "top1", "run_id": "...",
+                                     "tol": 1.3, "seed_std": 0.65, "seeds": 3}, ...}}
+
+``meta.world`` is the identity of the world the cells come from (seed, config hash, checkpoint
+SHA-256); results of another world are refused, not compared. ``tol`` is the cell's own tolerance,
+measured when blessing (``--spread``: the same table at other training seeds): :data:`SPREAD_K`
+times the standard deviation of the cell over the seeds (``seed_std``, ``seeds`` values); an explicit
+tolerance (option or file) overrides it, and a cell without one gets the default.
 
 A plain mapping ``{"6a/mean_pool/top1": 41.2, ...}`` (JSON or YAML) is accepted too.
 
@@ -49,6 +56,8 @@ DEFAULT_PAPER_TOLERANCE = 0.5  # points: the paper prints one decimal; a full-sc
 DEFAULT_BASELINE_TOLERANCE = 1.0  # points: CPU nondeterminism of smoke runs (thread scheduling, BLAS order)
 FULL_SCALE = "full"
 BASELINE_SCHEMA = "bikebench.baseline/1"
+#: A blessed cell's tolerance is this many standard deviations of its value over training seeds.
+SPREAD_K = 2.0
 # Comparisons are made on rounded deltas so that 0.1 + 0.4 == 0.5 stays within a 0.5 tolerance.
 _EPS = 1e-9
 
@@ -177,6 +186,49 @@ def load_results(source: ResultsLike = DEFAULT_RESULTS) -> list[ResultCell]:
     if not isinstance(data, list):
         raise CheckError(f"{path}: field 'cells': expected a list of cell objects, got {type(data).__name__}")
     return coerce_results(data, source=str(path), scale=scale)
+
+
+def results_world(source: ResultsLike) -> Optional[dict[str, Any]]:
+    """The identity of the world the results come from (``table6_results.json``'s ``world``), if given."""
+    if not isinstance(source, (str, Path)):
+        return None
+    path = Path(source)
+    if path.is_dir():
+        path = path / DEFAULT_RESULTS.name
+    data = _read_structured(path)
+    world = data.get("world") if isinstance(data, Mapping) else None
+    return dict(world) if isinstance(world, Mapping) else None
+
+
+def baseline_world(source: Union[str, Path, Mapping[str, Any]]) -> Optional[dict[str, Any]]:
+    """The world identity a baseline was blessed on (``meta.world``), if it records one."""
+    data = _read_structured(Path(source)) if isinstance(source, (str, Path)) else source
+    meta = data.get("meta") if isinstance(data, Mapping) else None
+    world = meta.get("world") if isinstance(meta, Mapping) else None
+    return dict(world) if isinstance(world, Mapping) else None
+
+
+def world_mismatch(ours: Optional[Mapping[str, Any]], blessed: Optional[Mapping[str, Any]]) -> Optional[str]:
+    """Why results of world ``ours`` cannot be compared with a baseline of world ``blessed`` (None: they can).
+
+    A baseline without a world identity compares with anything (e.g. full scale). Numbers of different
+    worlds (another seed, size, generator, or a checkpoint pretrained with other CPU kernels) differ
+    for reasons that are not regressions, so they are refused instead of reported as such.
+    """
+    if not blessed:
+        return None
+    if not ours:
+        return ("the results do not say which world they come from (written before world identities were "
+                "recorded): re-run `bikebench table6` to write them")
+    diffs = [f"{key} {ours.get(key)!r} (baseline: {blessed.get(key)!r})" for key in sorted(blessed)
+             if ours.get(key) != blessed.get(key)]
+    if not diffs:
+        return None
+    hint = ("the world's tiny CLIP was pretrained with other CPU numerics (see `numerics` in the world's "
+            "manifest.json: pinned kernels need an x86-64 CPU with AVX2)"
+            if [d for d in diffs if d.startswith("checkpoint_sha256")] == diffs else
+            "the results come from another world (`bikebench world build` settings or seed)")
+    return f"the results' world differs from the baseline's: {'; '.join(diffs)}. {hint}"
 
 
 def derive_gain_cells(results: Sequence[ResultCell], registry: Registry) -> list[ResultCell]:
@@ -462,6 +514,12 @@ class BaselineCell:
     metric: Optional[str] = None
     std: Optional[float] = None
     run_id: Optional[str] = None
+    tol: Optional[float] = None
+    seed_std: Optional[float] = None
+    seeds: Optional[int] = None
+
+
+_BASELINE_CELL_FIELDS = ("value", "metric", "std", "run_id", "tol", "seed_std", "seeds")
 
 
 def load_baseline(source: Union[str, Path, Mapping[str, Any]]) -> dict[str, BaselineCell]:
@@ -482,10 +540,15 @@ def load_baseline(source: Union[str, Path, Mapping[str, Any]]) -> dict[str, Base
         if isinstance(raw, (int, float)) and not isinstance(raw, bool):
             out[key] = BaselineCell(value=float(raw))
         elif isinstance(raw, Mapping) and isinstance(raw.get("value"), (int, float)) and not isinstance(raw.get("value"), bool):
-            unknown = set(raw) - {"value", "metric", "std", "run_id"}
+            unknown = set(raw) - set(_BASELINE_CELL_FIELDS)
             if unknown:
-                raise CheckError(f"{where}: cells[{key!r}]: unknown field(s) {sorted(unknown)} (allowed: value, metric, std, run_id)")
-            out[key] = BaselineCell(float(raw["value"]), raw.get("metric"), raw.get("std"), raw.get("run_id"))
+                raise CheckError(f"{where}: cells[{key!r}]: unknown field(s) {sorted(unknown)} "
+                                 f"(allowed: {', '.join(_BASELINE_CELL_FIELDS)})")
+            tol = raw.get("tol")
+            if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol >= 0):
+                raise CheckError(f"{where}: cells[{key!r}]: field 'tol': expected a number >= 0, got {tol!r}")
+            out[key] = BaselineCell(float(raw["value"]), raw.get("metric"), raw.get("std"), raw.get("run_id"),
+                                    None if tol is None else float(tol), raw.get("seed_std"), raw.get("seeds"))
         else:
             raise CheckError(f"{where}: cells[{key!r}]: field 'value': expected a number, got {raw!r}")
     return out
@@ -494,10 +557,14 @@ def load_baseline(source: Union[str, Path, Mapping[str, Any]]) -> dict[str, Base
 def compare_with_baseline(
     results: ResultsLike,
     baseline: Union[str, Path, Mapping[str, Any]],
-    tolerance: Union[None, float, Tolerances, Mapping[str, Any]] = DEFAULT_BASELINE_TOLERANCE,
+    tolerance: Union[None, float, Tolerances, Mapping[str, Any]] = None,
     direction: Optional[Direction] = None,
 ) -> Report:
-    """Our cells against a blessed baseline of our own (same scale), cell by cell."""
+    """Our cells against a blessed baseline of our own (same scale), cell by cell.
+
+    ``tolerance`` None: each cell's measured ``tol`` from the baseline, else the default; given, it
+    applies to every cell."""
+    measured = tolerance is None
     tol = as_tolerances(tolerance, DEFAULT_BASELINE_TOLERANCE, direction)
     cells = {c.key: c for c in load_results(results)}
     base = load_baseline(baseline)
@@ -507,6 +574,8 @@ def compare_with_baseline(
         mine = cells.pop(key, None)
         metric = (mine.metric if mine is not None and mine.metric else None) or ref.metric
         t, d = tol.for_cell(key, table, metric)
+        if measured and ref.tol is not None:
+            t = ref.tol
         if mine is None:
             report.rows.append(CheckRow(key, None, ref.value, None, t, d, "missing", metric, "no result of ours"))
             continue
@@ -518,15 +587,43 @@ def compare_with_baseline(
     return report
 
 
-def write_baseline(results: ResultsLike, path: Union[str, Path] = DEFAULT_BASELINE, meta: Optional[Mapping[str, Any]] = None) -> Path:
-    """Bless ``results`` as the new baseline (atomic write). Derived cells are not stored."""
+def write_baseline(results: ResultsLike, path: Union[str, Path] = DEFAULT_BASELINE, meta: Optional[Mapping[str, Any]] = None,
+                   spread: Sequence[ResultsLike] = ()) -> Path:
+    """Bless ``results`` as the new baseline (atomic write). Derived cells are not stored; the world
+    the results come from (if they say) is recorded as ``meta.world``.
+
+    ``spread``: results of the same table at other training seeds (same world). Each cell then gets
+    ``seed_std`` (sample standard deviation over the ``seeds`` values, the blessed one included) and
+    ``tol`` = :data:`SPREAD_K` x ``seed_std``: a change within the seeds' own spread is not a regression.
+    """
     cells = [c for c in load_results(results) if not c.derived]
+    meta = dict(meta or {})
+    world = results_world(results)
+    if world is not None:
+        meta.setdefault("world", world)
+    spread_cells: list[dict[str, float]] = []
+    for other in spread:
+        mismatch = world_mismatch(results_world(other), world) if world is not None else None
+        if mismatch is not None:
+            raise CheckError(f"{other}: --spread results must come from the blessed results' world: {mismatch}")
+        spread_cells.append({c.key: c.value for c in load_results(other) if not c.derived})
+    if spread_cells:
+        meta["spread"] = {"sources": [str(o) for o in spread], "k": SPREAD_K}
+
+    def measured(c: ResultCell) -> dict[str, Any]:
+        values = [c.value] + [s[c.key] for s in spread_cells if c.key in s]
+        if len(values) < 2:
+            return {}
+        mean = sum(values) / len(values)
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+        return {"tol": round(SPREAD_K * std, 3), "seed_std": round(std, 4), "seeds": len(values)}
     payload = {
         "schema": BASELINE_SCHEMA,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "meta": dict(meta or {}),
+        "meta": meta,
         "cells": {
-            c.key: {k: v for k, v in (("value", c.value), ("metric", c.metric), ("std", c.std), ("run_id", c.run_id)) if v is not None}
+            c.key: {**{k: v for k, v in (("value", c.value), ("metric", c.metric), ("std", c.std), ("run_id", c.run_id))
+                       if v is not None}, **measured(c)}
             for c in cells
         },
     }
@@ -562,6 +659,7 @@ def check_main(
     scale: Optional[str] = FULL_SCALE,
     registry: Optional[Registry] = None,
     bless: bool = False,
+    spread: Sequence[Union[str, Path]] = (),
     out: Optional[TextIO] = None,
     err: Optional[TextIO] = None,
 ) -> int:
@@ -580,7 +678,7 @@ def check_main(
     try:
         results = load_results(results_path)
         if bless:
-            written = write_baseline(results, baseline_path, meta={"source": str(results_path)})
+            written = write_baseline(results_path, baseline_path, meta={"source": str(results_path)}, spread=spread)
             print(f"blessed {len(results)} cell(s) as the baseline: {written}", file=out)
             return 0
         from_file = load_tolerances(tolerances_file) if tolerances_file is not None else {}
@@ -589,7 +687,11 @@ def check_main(
             if not baseline_path.exists():
                 print(f"error: no baseline at {baseline_path}; bless one with `bikebench check --bless` (writes the current results)", file=err)
                 return 2
-            tol = _pick(baseline_tolerance, tolerance, from_file.get("baseline"), DEFAULT_BASELINE_TOLERANCE)
+            mismatch = world_mismatch(results_world(results_path), baseline_world(baseline_path))
+            if mismatch is not None:
+                print(f"error: not comparing {results_path} with {baseline_path}: {mismatch}", file=err)
+                return 2
+            tol = _pick(baseline_tolerance, tolerance, from_file.get("baseline"), None)  # None: the cells' measured tol
             reports.append(compare_with_baseline(results, baseline_path, tol, direction))
         if against in ("paper", "both"):
             tol = _pick(paper_tolerance, tolerance, from_file.get("paper"), DEFAULT_PAPER_TOLERANCE)
@@ -629,6 +731,9 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--scale", default=FULL_SCALE, help="compare only cells of this scale with the paper ('any': all)")
     parser.add_argument("--allow-missing", action="store_true", help="missing cells do not fail the check")
     parser.add_argument("--bless", action="store_true", help="write the results as the new baseline")
+    parser.add_argument("--spread", nargs="+", default=[], metavar="RESULTS",
+                        help="with --bless: the same table at other training seeds; each cell's tolerance = "
+                             f"{SPREAD_K:g} x its standard deviation over the seeds (`make bless`)")
     return parser
 
 
@@ -646,4 +751,5 @@ def run_from_args(args: argparse.Namespace) -> int:
         direction=args.direction,
         scale=None if args.scale == "any" else args.scale,
         bless=args.bless,
+        spread=args.spread,
     )

@@ -152,7 +152,7 @@ def job_threads(requested: Optional[int] = None) -> Optional[int]:
 
     None leaves torch's default (every core). Jobs sharing a machine (the local executor running
     ``parallelism`` jobs at once) must not each use every core: oversubscribed OpenMP threads made a
-    smoke run ~3-4x slower on 2 cores (README, "The embedded default").
+    smoke run ~3-4x slower on 2 cores (docs/world.md).
     """
     if requested is not None:
         if requested < 1:
@@ -239,8 +239,14 @@ class RunJob(submitit.helpers.Checkpointable):
             rd.write_state("running", job_id=_job_id(), host=os.uname().nodename, pid=os.getpid())
         preemption = _Preemption()
         try:
-            apply_job_threads(job_threads(getattr(self, "threads", None)))
             config = RunConfig.model_validate(yaml.safe_load(self.config_yaml))
+            if config.numerics.pinned:  # before the engine imports torch (bike.numerics)
+                from bike.numerics import PINNED_THREADS, pin_environment
+
+                pin_environment()
+                apply_job_threads(PINNED_THREADS)
+            else:
+                apply_job_threads(job_threads(getattr(self, "threads", None)))
             with preemption.installed(), shared_cache_env(rd.path):
                 try:
                     result = import_target(self.target)(config, rd.path)

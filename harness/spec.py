@@ -62,6 +62,7 @@ from bike.config import (
     FusionConfig,
     LossConfig,
     ModelConfig,
+    NumericsConfig,
     RunConfig,
     TrainConfig,
     format_validation_error,
@@ -116,6 +117,7 @@ BUILTIN_SCALES: dict[str, dict[str, Any]] = {
         "train.log_every": SMOKE_LOG_EVERY,
         "train.select_on": "none",  # no per-epoch validation: the last checkpoint is evaluated
         "eval.batch_size": SMOKE_BATCH,
+        "numerics.pinned": True,  # the same numbers on every x86-64 CPU with AVX2 (bike.numerics)
     },
     "full": {},
 }
@@ -129,6 +131,7 @@ SECTION_MODELS: dict[str, type[BaseModel]] = {
     "loss": LossConfig,
     "train": TrainConfig,
     "eval": EvalConfig,
+    "numerics": NumericsConfig,
 }
 TOP_LEVEL_FIELDS: tuple[str, ...] = ("profile", "seed", "stage", "init_from")
 # Spec-only dataset keys: `world` (a world split or `auto`) and `name` (= DataConfig.dataset).
@@ -263,6 +266,7 @@ class Spec(_Strict):
     loss: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
     eval: dict[str, Any] = Field(default_factory=dict)
+    numerics: dict[str, Any] = Field(default_factory=dict)
     scales: dict[ScaleName, dict[str, Any]] = Field(default_factory=dict)
     resources: dict[ScaleName, ResourceSpec] = Field(default_factory=dict)
     variants: dict[str, VariantSpec] = Field(min_length=1)

@@ -5,6 +5,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+from bike.numerics import pin_environment  # noqa: E402
+
+pin_environment()  # before torch: the test world and smoke-scale runs use the pinned kernels, as bikebench does
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

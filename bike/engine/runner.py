@@ -8,8 +8,11 @@ must hold the same config), ``result.json`` (atomically, last). A run whose ``re
 from __future__ import annotations
 
 import argparse
+import contextvars
+import functools
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -72,7 +75,31 @@ def prepare_run_dir(config: RunConfig, run_dir: Path, is_main: bool) -> None:
     atomic_write_text(path, config.to_yaml())
 
 
+#: What the running job's CPU numerics are (``bike.numerics.describe``), for ``result.json``.
+_NUMERICS: contextvars.ContextVar[Optional[dict]] = contextvars.ContextVar("bike_numerics", default=None)
+
+
+def with_numerics(run: Callable[..., dict]) -> Callable[..., dict]:
+    """Run ``run(config, run_dir, ...)`` under the config's numerics (``bike.numerics.pinned``);
+    ``result.json`` then records them as ``numerics``."""
+    from bike import numerics
+
+    @functools.wraps(run)
+    def wrapped(config: RunConfig, run_dir: str | Path, *args: Any, **kwargs: Any) -> dict:
+        with numerics.pinned(config.numerics.pinned) as info:
+            token = _NUMERICS.set(info)
+            try:
+                return run(config, run_dir, *args, **kwargs)
+            finally:
+                _NUMERICS.reset(token)
+
+    return wrapped
+
+
 def write_result(run_dir: Path, payload: dict) -> dict:
+    info = _NUMERICS.get()
+    if info is not None and "numerics" not in payload:
+        payload = {**payload, "numerics": info}
     payload = clean_metrics(payload)
     atomic_write_json(run_dir / RESULT_FILE, payload)
     return payload
@@ -131,6 +158,14 @@ def cli_main(argv: Optional[list[str]], prog: str, description: str, run: Callab
     except ConfigError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
+    from bike import numerics
+
+    if argv is None and config.numerics.pinned and not numerics.environment_is_pinned():
+        # torch is imported already: start again with the pinned kernels (same arguments)
+        env = dict(os.environ)
+        numerics.pin_environment(env)
+        sys.stdout.flush(), sys.stderr.flush()
+        os.execvpe(sys.executable, [sys.executable, "-m", prog, *sys.argv[1:]], env)
     try:
         result = run(config, Path(args.run_dir), progress=args.progress)
     except Preempted as exc:

@@ -13,6 +13,8 @@ with the seed keys the built data and the pretrained checkpoint. ``SIZES`` holds
 
 from __future__ import annotations
 
+from bike.numerics import NUMERICS_VERSION
+
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
@@ -141,6 +143,8 @@ class WorldConfig:
     generator_version: int = field(default=GENERATOR_VERSION)
     #: bike.data.video_io.ENCODER_VERSION: the codec settings the videos are written with.
     encoder_version: int = field(default=ENCODER_VERSION)
+    #: bike.numerics.NUMERICS_VERSION: the pinned CPU kernels the tiny CLIP is pretrained with.
+    numerics_version: int = field(default=NUMERICS_VERSION)
 
     def __post_init__(self) -> None:
         for name, words, known in (

@@ -272,3 +272,66 @@ def test_cli_helpers_parse_and_run(tmp_path):
     worse = _write_results(tmp_path, _perturbed(SMOKE, "vcs", -0.2), "w.json")
     args = parser.parse_args(["--results", str(worse), "--baseline", str(baseline), "--baseline-tolerance", "0.1"])
     assert run_from_args(args) == 1
+
+
+# ------------------------------------------------------------------------- world identity, measured tolerance
+WORLD = {"size": "default", "seed": 0, "config_hash": "abc123", "checkpoint_sha256": "f" * 64}
+
+
+def _document(tmp_path: Path, cells, world, name: str) -> Path:
+    return _write_results(tmp_path, {"scale": "smoke", **({"world": world} if world else {}), "cells": cells}, name)
+
+
+def test_results_of_another_world_are_refused_not_compared(tmp_path):
+    blessed = _document(tmp_path, SMOKE, WORLD, "blessed.json")
+    baseline = tmp_path / "base.json"
+    assert _run(results_path=blessed, baseline_path=baseline, bless=True)[0] == 0
+    assert json.loads(baseline.read_text())["meta"]["world"] == WORLD
+    assert _run(results_path=blessed, baseline_path=baseline)[0] == 0
+
+    other_cpu = _document(tmp_path, _perturbed(SMOKE, "vcs", -6.5), dict(WORLD, checkpoint_sha256="e" * 64), "cpu.json")
+    code, out, err = _run(results_path=other_cpu, baseline_path=baseline)
+    assert code == 2 and "REGRESSION" not in out
+    assert "checkpoint_sha256" in err and "CPU numerics" in err and "ffff" in err
+
+    other_seed = _document(tmp_path, SMOKE, dict(WORLD, seed=1, checkpoint_sha256="e" * 64), "seed.json")
+    code, _, err = _run(results_path=other_seed, baseline_path=baseline)
+    assert code == 2 and "seed 1 (baseline: 0)" in err and "another world" in err
+
+    anonymous = _document(tmp_path, SMOKE, None, "anon.json")
+    code, _, err = _run(results_path=anonymous, baseline_path=baseline)
+    assert code == 2 and "do not say which world" in err
+
+
+def test_bless_with_spread_measures_each_cells_tolerance(tmp_path):
+    import statistics
+
+    seeds = {0: SMOKE, 1: _perturbed(SMOKE, "vcs", 1.0), 2: _perturbed(SMOKE, "vcs", -2.5)}
+    files = {s: _document(tmp_path, cells, WORLD, f"seed{s}.json") for s, cells in seeds.items()}
+    baseline = tmp_path / "base.json"
+    code, _, _ = _run(results_path=files[0], baseline_path=baseline, bless=True, spread=[files[1], files[2]])
+    assert code == 0
+    stored = json.loads(baseline.read_text())
+    vcs = stored["cells"]["6a/vcs/top1"]
+    values = [44.5, 45.5, 42.0]
+    assert vcs["seeds"] == 3 and vcs["seed_std"] == pytest.approx(statistics.stdev(values), abs=1e-4)
+    assert vcs["tol"] == pytest.approx(2 * statistics.stdev(values), abs=1e-3)
+    assert stored["cells"]["6a/mean_pool/top1"]["tol"] == 0.0  # the same at every seed: any drop is a regression
+    # the measured tolerance is the cell's: within it passes, past it fails; other cells keep theirs
+    tol = vcs["tol"]
+    assert compare_with_baseline(_perturbed(SMOKE, "vcs", -(tol - 0.01)), baseline).counts()["ok"] == 4
+    assert compare_with_baseline(_perturbed(SMOKE, "vcs", -(tol + 0.01)), baseline).counts()["regression"] == 1
+    assert compare_with_baseline(_perturbed(SMOKE, "mean_pool", -0.01), baseline).counts()["regression"] == 1
+    # an explicit tolerance still overrides the measured ones
+    assert compare_with_baseline(_perturbed(SMOKE, "mean_pool", -0.01), baseline, tolerance=1.0).counts()["ok"] == 4
+    # spread results of another world cannot set tolerances
+    alien = _document(tmp_path, SMOKE, dict(WORLD, seed=2), "alien.json")
+    code, _, err = _run(results_path=files[0], baseline_path=tmp_path / "b2.json", bless=True, spread=[alien])
+    assert code == 2 and "--spread" in err
+
+
+def test_baseline_cell_tolerance_must_be_a_non_negative_number(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"schema": "bikebench.baseline/1", "cells": {"6a/vcs/top1": {"value": 1.0, "tol": -1}}}))
+    with pytest.raises(CheckError, match=r"field 'tol': expected a number >= 0, got -1"):
+        load_baseline(bad)

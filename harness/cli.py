@@ -35,7 +35,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _world_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--world-root", default=None, help="embedded world (default: $BIKE_WORLD or <results>/world)")
-    parser.add_argument("--world-size", default="default", choices=("default", "test"))
+    parser.add_argument("--world-size", default=None, choices=("default", "test"),
+                        help="default: the size of the world at --world-root, else 'default'")
+    parser.add_argument("--world-seed", type=int, default=None,
+                        help="default: the seed of the world at --world-root, else 0 (a world of another seed there is "
+                             "refused, never replaced)")
 
 
 def _submit_options(parser: argparse.ArgumentParser) -> None:
@@ -101,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     wb.add_argument("--size", default="default", choices=("default", "test"))
     wb.add_argument("--root", default=None, help="default: $BIKE_WORLD or <results>/world")
     wb.add_argument("--seed", type=int, default=0)
+    wb.add_argument("--force", action="store_true", help="rebuild, replacing whatever world is at --root")
     _common(wb)
 
     p = sub.add_parser("check", help="regression check against the paper / the blessed baseline")
@@ -161,7 +166,8 @@ def _world(args: argparse.Namespace, results: Path, build: bool = True):
     from harness.expand import bike_world, default_world_root
 
     root = Path(args.world_root).resolve() if getattr(args, "world_root", None) else default_world_root(results)
-    return bike_world(root, size=getattr(args, "world_size", "default"), build=build)
+    return bike_world(root, size=getattr(args, "world_size", None), seed=getattr(args, "world_seed", None), build=build,
+                      log=lambda line: print(line, flush=True))
 
 
 def _drive_kwargs(args: argparse.Namespace, results: Path) -> dict[str, Any]:
@@ -302,9 +308,16 @@ def cmd_world(args: argparse.Namespace) -> int:
 
     from harness.expand import default_world_root
 
+    from bike.world.build import WorldError
+
     root = Path(args.root).resolve() if args.root else default_world_root(args.results)
-    info = build_world(root, size=args.size, seed=args.seed)
-    print(f"world at {root}: checkpoint {getattr(info, 'checkpoint', '?')}")
+    try:
+        info = build_world(root, size=args.size, seed=args.seed, force=args.force)
+    except WorldError as exc:
+        raise ConfigError(str(exc)) from None
+    ident = info.identity
+    print(f"world at {root}: {ident['size']} seed {ident['seed']}, config {ident['config_hash']}, "
+          f"checkpoint {info.checkpoint} (sha256 {ident['checkpoint_sha256'][:12]})")
     return 0
 
 
@@ -351,6 +364,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         setattr(args, target, list(getattr(args, target) or []) + extra)
+    if getattr(args, "scale", None) != "full":
+        # the world build and smoke-scale jobs compute with pinned kernels, which torch reads when it
+        # is imported: set them now, before anything imports torch (jobs inherit them; bike.numerics)
+        from bike.numerics import pin_environment
+
+        pin_environment()
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:

@@ -139,21 +139,40 @@ WORLD_DEFAULT_FRAMES = 8
 WORLD_DEFAULT_RESOLUTION = 64
 
 
-def bike_world(root: str | Path, size: str = "default", seed: int = 0, build: bool = True) -> WorldProvider:
+def bike_world(root: str | Path, size: Optional[str] = None, seed: Optional[int] = None, build: bool = True,
+               log: Optional[Callable[[str], None]] = None) -> WorldProvider:
     """A world provider backed by ``bike.world.build_world`` (called once, lazily, on first use).
 
+    ``size``/``seed`` None: those of the world already at ``root``, else ``default`` / 0. A world of
+    another size or seed at ``root`` is never replaced: ``build_world`` refuses with the reason.
     ``build=False`` refuses to build a missing world (``bikebench status`` must not start one).
+    ``log`` is told which world is used (root, size, seed, config hash, checkpoint SHA-256).
     """
     info_cache: dict[str, Any] = {}
     root = Path(root).resolve()
 
     def provider(split: str) -> WorldSplit:
         if "info" not in info_cache:
-            if not build and not root.exists():
+            from bike.world.build import WorldError, read_manifest
+
+            if not build and not (root / "manifest.json").exists():
                 raise SpecError(f"the embedded world is not built at {root}; run `bikebench world build --root {root}`")
+            try:
+                found = read_manifest(root) if root.is_dir() else None
+            except WorldError as exc:
+                raise SpecError(str(exc)) from None
+            want_size = size or (found or {}).get("size") or "default"
+            want_seed = seed if seed is not None else int((found or {}).get("seed", 0))
             from bike.world import build_world  # lazy: torch and the world generator
 
-            info_cache["info"] = build_world(root, size=size, seed=seed)
+            try:
+                info_cache["info"] = info = build_world(root, size=want_size, seed=want_seed)
+            except WorldError as exc:
+                raise SpecError(str(exc)) from None
+            if log is not None:
+                ident = getattr(info, "identity", {})
+                log(f"world {root}: {ident.get('size')} seed {ident.get('seed')}, config {ident.get('config_hash')}, "
+                    f"checkpoint sha256 {str(ident.get('checkpoint_sha256'))[:12]}")
         info = info_cache["info"]
         values = {
             "checkpoint": str(info.checkpoint),
@@ -163,6 +182,8 @@ def bike_world(root: str | Path, size: str = "default", seed: int = 0, build: bo
             "resolution": getattr(info, "resolution", WORLD_DEFAULT_RESOLUTION),
             # the world's lexicons, by the names specs use (`attributes.lexicon: world`)
             "lexicons": {name: str(path) for name, path in getattr(info, "lexicons", {}).items()},
+            # what makes two worlds give the same numbers (seed, config hash, checkpoint SHA-256)
+            "identity": dict(getattr(info, "identity", {})),
         }
         return WorldSplit(data=dict(info.data_config(split)), values=values)
 

@@ -74,6 +74,17 @@ class WorldInfo:
     counts: dict
     metrics: dict
     timings: dict = field(default_factory=dict)
+    #: SHA-256 of the tiny CLIP's checkpoint: with ``config_hash``, the world's identity (its numbers
+    #: depend on the CPU kernels that pretrained it; see ``bike.numerics``).
+    checkpoint_sha256: str = ""
+    #: The CPU numerics the checkpoint was pretrained with (``bike.numerics.describe``).
+    numerics: dict = field(default_factory=dict)
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What makes two worlds give the same numbers: size, seed, config hash, checkpoint SHA-256."""
+        return {"size": self.size, "seed": self.seed, "config_hash": self.config_hash,
+                "checkpoint_sha256": self.checkpoint_sha256}
 
     # ------------------------------------------------------------------ paths
     def path(self, key: str) -> Path:
@@ -145,6 +156,7 @@ class WorldInfo:
             "config": self.config, "model": self.model_name, "checkpoint": str(self.checkpoint.relative_to(self.root)),
             "frames": self.frames, "resolution": self.resolution, "prompt": self.prompt, "layout": self.layout,
             "counts": self.counts, "metrics": self.metrics, "timings": self.timings,
+            "checkpoint_sha256": self.checkpoint_sha256, "numerics": self.numerics,
         }
 
     @classmethod
@@ -156,6 +168,7 @@ class WorldInfo:
                 model_name=m["model"], checkpoint=root / m["checkpoint"], frames=int(m["frames"]),
                 resolution=int(m["resolution"]), prompt=m["prompt"], layout=dict(m["layout"]), counts=m["counts"],
                 metrics=m["metrics"], timings=m.get("timings", {}),
+                checkpoint_sha256=m.get("checkpoint_sha256", ""), numerics=m.get("numerics", {}),
             )
         except KeyError as exc:
             raise WorldError(f"{root / MANIFEST}: field {exc.args[0]!r} missing; expected a manifest written by build_world") from None
@@ -196,6 +209,21 @@ def _locked(root: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _refuse_other_world(root: Path, size: str, seed: int) -> None:
+    """Raise when ``root`` holds a finished world of another size or seed: it is never replaced
+    silently (a world of the same size and seed built by an older bikebench is rebuilt in place)."""
+    m = read_manifest(root)
+    if m is None or (m.get("size"), m.get("seed")) == (size, seed):
+        return
+    raise WorldError(
+        f"{root / MANIFEST}: {root} holds the {m.get('size')!r} world of seed {m.get('seed')} (config "
+        f"{m.get('config_hash')}); this command asks for the {size!r} world of seed {seed}. Use that world "
+        f"(--world-size {m.get('size')} --world-seed {m.get('seed')}, or no --world-seed), point at another "
+        f"directory (--world-root), or replace it with `bikebench world build --force --root {root} "
+        f"--size {size} --seed {seed}`; nothing was deleted"
+    )
+
+
 def _is_current(root: Path, config_hash: str) -> Optional[WorldInfo]:
     m = read_manifest(root)
     if m is None or m.get("config_hash") != config_hash:
@@ -233,18 +261,24 @@ def build_world(
         info = _is_current(root, config_hash)
         if info is not None:
             return info
+        _refuse_other_world(root, size, seed)
     root.mkdir(parents=True, exist_ok=True)
     with _locked(root):
         if not force:
             info = _is_current(root, config_hash)  # another process may have built it meanwhile
             if info is not None:
                 return info
-        return _build(root, size, cfg, seed, config_hash, force, workers, progress or (lambda s: log.info(s)))
+            _refuse_other_world(root, size, seed)
+        from bike.numerics import pinned
+
+        with pinned() as numerics:  # the same checkpoint on every x86-64 CPU with AVX2
+            return _build(root, size, cfg, seed, config_hash, force, workers, progress or (lambda s: log.info(s)),
+                          numerics)
 
 
 def _build(
     root: Path, size: str, cfg: WorldConfig, seed: int, config_hash: str, force: bool,
-    workers: Optional[int], say: Callable[[str], None],
+    workers: Optional[int], say: Callable[[str], None], numerics: dict,
 ) -> WorldInfo:
     from bike.world import measure
     from bike.world.pretrain import pretrain_clip, save_checkpoint
@@ -308,10 +342,21 @@ def _build(
         root=root, size=size, seed=seed, config_hash=config_hash, config=json.loads(json.dumps(cfg.to_dict())), model_name=cfg.model,
         checkpoint=ckpt, frames=cfg.model_frames, resolution=_image_size(model), prompt=cfg.prompt,
         layout=asdict(layout), counts=_counts(plan, root), metrics=metrics, timings=timings,
+        checkpoint_sha256=file_sha256(ckpt), numerics=numerics,
     )
     _write_manifest(root, info)
     say(f"world built in {timings['total_s']:.1f}s: {json.dumps(metrics.get('zero_shot_novel', {}))}")
     return info
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _load_checkpoint(model_name: str, ckpt: Path):

@@ -119,9 +119,10 @@ def test_world_build_calls_bike_world(monkeypatch, tmp_path, capsys):
 
     seen = {}
 
-    def build_world(root, size="default", seed=0):
+    def build_world(root, size="default", seed=0, force=False):
         seen.update(root=root, size=size, seed=seed)
-        return type("Info", (), {"checkpoint": root / "clip.pt"})()
+        identity = {"size": size, "seed": seed, "config_hash": "h", "checkpoint_sha256": "0" * 64}
+        return type("Info", (), {"checkpoint": root / "clip.pt", "identity": identity})()
 
     monkeypatch.setattr(bike.world, "build_world", build_world, raising=False)
     assert main(["world", "build", "--size", "test", "--root", str(tmp_path / "w"), "--seed", "3"]) == 0
@@ -130,7 +131,6 @@ def test_world_build_calls_bike_world(monkeypatch, tmp_path, capsys):
 
 
 def test_check_delegates_to_harness_check(tmp_path, capsys):
-    pytest.importorskip("harness.check")
     res = tmp_path / "res.json"
     res.write_text(json.dumps([{"table": "6a", "row": "mean_pool", "column": "top1", "value": 76.8, "scale": "full"}]))
     code = main(["check", "--results", str(res), "--against", "paper", "--allow-missing"])

@@ -120,6 +120,20 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     return atomic_torch_save(state, path)
 
 
+def remove_partial_checkpoints(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files an interrupted :func:`atomic_write` left in ``directory``
+    (``.<name>.<random>.tmp``); returns what was removed."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    removed = []
+    for p in sorted(d.glob(".*.tmp")):
+        if p.is_file():
+            p.unlink()
+            removed.append(p)
+    return removed
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint written by :func:`save_checkpoint`; a clear error when it is missing or not one."""
     path = Path(path)

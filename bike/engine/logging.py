@@ -121,6 +121,25 @@ class RunLogger:
         self.close()
 
 
+def metrics_size(run_dir: str | Path) -> int:
+    """Bytes of ``metrics.jsonl`` now (0 when absent): stored in each checkpoint."""
+    path = Path(run_dir) / METRICS_FILE
+    return path.stat().st_size if path.is_file() else 0
+
+
+def truncate_metrics(run_dir: str | Path, size: int) -> int:
+    """Cut ``metrics.jsonl`` back to its first ``size`` bytes (what a checkpoint saw); returns the
+    number of lines dropped."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file() or path.stat().st_size <= size:
+        return 0
+    data = path.read_bytes()
+    dropped = data[size:].count(b"\n")
+    with open(path, "r+b") as f:
+        f.truncate(size)
+    return dropped
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The records of ``metrics.jsonl`` (empty when absent)."""
     path = Path(run_dir) / METRICS_FILE

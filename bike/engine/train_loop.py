@@ -22,6 +22,7 @@ sampler position. Validation after each epoch on ``train.select_on`` keeps ``che
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -41,10 +42,11 @@ from bike.engine.checkpoint import (
     capture_rng_state,
     checkpoint_dir,
     load_checkpoint,
+    remove_partial_checkpoints,
     restore_rng_state,
     save_checkpoint,
 )
-from bike.engine.logging import RunLogger
+from bike.engine.logging import RunLogger, metrics_size, truncate_metrics
 from bike.engine.optim import WarmupCosineSchedule
 from bike.engine.precision import autocast
 from bike.engine.sampler import TrainSampler
@@ -66,6 +68,15 @@ def request_stop() -> None:
 
 def clear_stop() -> None:
     _STOP.clear()
+
+
+def _kind(path: Path) -> str:
+    return "directory" if path.is_dir() else "special file"
+
+
+def barrier_all(world: int) -> None:
+    if world > 1 and dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 class Preempted(RuntimeError):
@@ -337,6 +348,8 @@ class Trainer:
                 "config": self.config.to_yaml(),
                 "config_hash": self.config.content_hash(),
                 "stage": self.config.stage,
+                # metrics.jsonl as of this checkpoint: a resume drops the lines written after it
+                "metrics_bytes": metrics_size(self.run_dir),
             },
         )
 
@@ -357,10 +370,38 @@ class Trainer:
         )
 
     def try_resume(self) -> bool:
-        """Continue from ``checkpoints/latest.pt`` when present; True when resumed."""
+        """Continue from ``checkpoints/latest.pt`` when present; True when resumed.
+
+        Temporary files of an interrupted checkpoint write are removed first. An unreadable
+        ``latest.pt`` is moved aside (``latest.pt.corrupt-<time>``) and the run stops, saying so: the
+        next start begins the run again from step 0 (it never silently discards training). The
+        ``metrics.jsonl`` lines written after the checkpoint are dropped, so a resumed run's metrics
+        are not repeated.
+        """
+        if self.rank == 0:
+            leftovers = remove_partial_checkpoints(checkpoint_dir(self.run_dir))
+            if leftovers:
+                self.logger.warning("removed %d partial checkpoint file(s) of an interrupted write: %s",
+                                    len(leftovers), ", ".join(p.name for p in leftovers))
+        if self.latest_path.exists() and not self.latest_path.is_file():
+            raise ValueError(f"{self.latest_path}: expected a checkpoint file, found a {_kind(self.latest_path)}; "
+                             "move it away and run again")
         if not self.latest_path.is_file():
             return False
-        state = load_checkpoint(self.latest_path, map_location=self.device)
+        try:
+            state = load_checkpoint(self.latest_path, map_location=self.device)
+        except ValueError as exc:
+            barrier_all(self.world)
+            if self.rank == 0:
+                aside = self.latest_path.with_name(f"{LATEST}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+                os.replace(self.latest_path, aside)
+            else:
+                aside = self.latest_path.with_name(f"{LATEST}.corrupt-*")
+            raise ValueError(
+                f"{exc}. It was moved to {aside.name} beside it; run the same command again to train this "
+                f"run from the beginning (the progress since the last good checkpoint is lost), or put a good "
+                f"{LATEST} back to resume from it"
+            ) from None
         if state.get("config_hash") != self.config.content_hash():
             raise ValueError(
                 f"{self.latest_path}: written by a run with config hash {state.get('config_hash')}, this run is "
@@ -380,6 +421,11 @@ class Trainer:
         else:
             self.logger.warning("resuming with %d rank(s) from a %s-rank checkpoint: RNG streams reseeded", self.world, state.get("world_size"))
             reseed(self.config.seed + self.rank + 7919 * (self.progress.epoch + 1))
+        if self.rank == 0 and state.get("metrics_bytes") is not None:
+            dropped = truncate_metrics(self.run_dir, int(state["metrics_bytes"]))
+            if dropped:
+                self.logger.info("dropped %d metrics line(s) written after the checkpoint (the resumed run writes them again)",
+                                 dropped)
         self.logger.info("resumed from %s at epoch %d, batch %d, step %d", self.latest_path, self.progress.epoch, self.progress.batch, self.progress.step)
         return True
 

@@ -17,6 +17,8 @@ from typing import Iterable, Literal, Optional, Sequence, Union
 
 import numpy as np
 
+from bike.fusion import softmax
+
 ArrayLike = Union[np.ndarray, "torch.Tensor", Sequence]  # noqa: F821  (torch is optional here)
 ViewAggregation = Literal["softmax_mean", "logit_mean"]
 
@@ -238,13 +240,6 @@ def charades_running_map(scores: ArrayLike, targets: ArrayLike, batch_size: int)
 
 
 # ------------------------------------------------------------------------------ view aggregation
-def _softmax(x: np.ndarray, temperature: float, axis: int = -1) -> np.ndarray:
-    z = x / temperature
-    z = z - z.max(axis=axis, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=axis, keepdims=True)
-
-
 def aggregate_views(view_scores: ArrayLike, mode: ViewAggregation = "softmax_mean", temperature: float = 1.0) -> np.ndarray:
     """Combine per-view scores ``[N, V, K]`` into per-video scores ``[N, K]`` (float64).
 
@@ -255,7 +250,7 @@ def aggregate_views(view_scores: ArrayLike, mode: ViewAggregation = "softmax_mea
     if x.ndim != 3:
         raise ValueError(f"view_scores must be [N, V, K], got shape {x.shape}")
     if mode == "softmax_mean":
-        return _softmax(x, temperature).mean(axis=1)
+        return softmax(x, temperature).mean(axis=1)
     if mode == "logit_mean":
         return x.mean(axis=1)
     raise ValueError(f"view aggregation must be 'softmax_mean' or 'logit_mean', got {mode!r}")
@@ -330,7 +325,7 @@ class ViewAggregator:
         if len(video_ids) != x.shape[0]:
             raise ValueError(f"{len(video_ids)} video ids for {x.shape[0]} rows")
         y = None if labels is None else to_numpy(labels)
-        contrib = _softmax(x, self.temperature) if self.mode == "softmax_mean" else x
+        contrib = softmax(x, self.temperature) if self.mode == "softmax_mean" else x
         for i, vid in enumerate(video_ids):
             vid = str(vid)
             lab = None if y is None else (int(y[i]) if y.ndim == 1 else np.asarray(y[i]).copy())

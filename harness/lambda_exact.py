@@ -29,45 +29,34 @@ from typing import Literal, Optional, Sequence
 
 import numpy as np
 
+from bike.fusion import CHUNK_ELEMENTS, ScoreKind, score_transform
+
 Transform = Optional[Literal["softmax", "cosine", "none"]]
 Metric = Literal["top1", "mean_class"]
 
-#: Number of [rows × K] float64 elements processed per chunk (512 KiB per temporary array: the
+#: Number of [rows × K] float64 elements processed per chunk (as bike.fusion's softmax: the
 #: temporaries stay in cache, which on 2 cores is ~2× faster than whole-matrix passes).
-DEFAULT_CHUNK_ELEMENTS = 1 << 16
+DEFAULT_CHUNK_ELEMENTS = CHUNK_ELEMENTS
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-def transform_scores(scores: np.ndarray, transform: Transform = "softmax", dtype: type = np.float64) -> np.ndarray:
-    """Apply the fusion score transform ``T`` row-wise.
+def transform_scores(scores: np.ndarray, transform: Transform = "softmax", score_kind: ScoreKind = "logits") -> np.ndarray:
+    """``T(scores)`` in float64 through :func:`bike.fusion.score_transform` (the fusion every path uses).
 
     Args:
-        scores: ``[N, K]`` raw (unscaled cosine-like) scores of one branch.
-        transform: ``"softmax"`` — softmax over classes at temperature 1 (official code);
-            ``"cosine"``, ``"none"`` or ``None`` — identity (the paper's formula on cosine scores).
-        dtype: output dtype (float64 by default so that breakpoints are computed precisely).
-
-    Returns:
-        ``[N, K]`` transformed scores.
+        scores: ``[N, K]`` raw (unscaled cosine-like) scores of one branch, finite.
+        transform: ``"softmax"`` (softmax over classes at temperature 1, official code); ``"cosine"``,
+            ``"none"`` or ``None``: identity (the paper's formula on cosine scores, or sides already transformed).
+        score_kind: ``"logits"`` or view-averaged ``"probabilities"`` (already the softmax side).
     """
     x = np.asarray(scores)
     if x.ndim != 2:
         raise ValueError(f"scores must be [N, K]; got shape {x.shape}")
     if not np.all(np.isfinite(x)):
         raise ValueError("scores contain NaN or infinite values")
-    if transform == "softmax":
-        out = np.empty(x.shape, dtype=dtype)
-        rows = max(1, DEFAULT_CHUNK_ELEMENTS // max(1, x.shape[1]))
-        for start in range(0, x.shape[0], rows):  # chunked: temporaries stay in cache
-            z = np.asarray(x[start : start + rows], dtype=dtype)
-            z = z - z.max(axis=1, keepdims=True)
-            np.exp(z, out=z)
-            z /= z.sum(axis=1, keepdims=True)
-            out[start : start + rows] = z
-        return out
-    if transform in ("cosine", "none", None):
-        return np.array(x, dtype=dtype, copy=True)
-    raise ValueError(f"transform: got {transform!r}; expected 'softmax', 'cosine', 'none' or None")
+    if transform not in ("softmax", "cosine", "none", None):
+        raise ValueError(f"transform: got {transform!r}; expected 'softmax', 'cosine', 'none' or None")
+    return score_transform(x, "cosine" if transform in ("none", None) else transform, score_kind=score_kind, dtype=np.float64)
 
 
 def _check_inputs(a: np.ndarray, b: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -3,8 +3,9 @@
 :func:`run_specs` is what ``bikebench run`` does for any spec; :func:`run_table6` runs
 ``experiments/table6.yaml`` and writes
 
-* ``<results>/table6_results.json``: a list of ``{table, row, column, value, scale, run_id, metric,
-  spec, spec_variant}`` cells of this invocation's scale (what ``bikebench check`` reads), and a copy
+* ``<results>/table6_results.json``: ``{"scale", "world", "cells"}`` with the list of ``{table, row,
+  column, value, scale, run_id, metric, spec, spec_variant}`` cells of this invocation's scale (what
+  ``bikebench check`` reads) and, at smoke scale, the identity of the world they come from; a copy
   per scale, ``table6_results_<scale>.json``, so smoke and full results live side by side; cells
   without a value (paper-only rows, variants not run at this scale, failed runs) are listed in
   ``<results>/table6_missing.json`` with the reason;
@@ -46,8 +47,6 @@ TABLE6_MARKDOWN = "table6.md"
 TABLE6_LAMBDA = "table6_lambda.json"
 #: result.json metric of a fused cell -> the metric recomputed at the study's λ (harness.tuning.fused_metric).
 FUSED_CELL_METRICS = {"fused_top1": "top1", "fused_top5": "top5", "fused_mean_class": "mean_class"}
-#: Largest |recomputed at the run's own λ − result.json| (percent) tolerated without a note.
-FIXED_RECHECK_TOL = 1e-6
 
 
 @dataclass
@@ -59,6 +58,16 @@ class DriveResult:
     cells: list[dict[str, Any]] = field(default_factory=list)
     missing: list[dict[str, Any]] = field(default_factory=list)
     tracking_error: Optional[str] = None
+    #: The embedded world's identity at smoke scale (``bike.world.WorldInfo.identity``), else None.
+    world: Optional[dict[str, Any]] = None
+
+    def results_document(self, scale: str) -> dict[str, Any]:
+        """What ``table6_results.json`` holds: the scale, the world the cells come from, the cells."""
+        doc: dict[str, Any] = {"scale": scale}
+        if self.world is not None:
+            doc["world"] = self.world
+        doc["cells"] = self.cells
+        return doc
 
     @property
     def ok(self) -> bool:
@@ -199,7 +208,7 @@ def study_lambda_cells(
         except CacheError as exc:
             raise StudyLambdaError(f"--lambda-from {study.study}: {where}: cannot recompute its fused score: {exc}") from None
         fixed = float(cell["value"])
-        if abs(recheck - fixed) > FIXED_RECHECK_TOL:
+        if recheck != fixed:  # evaluation fused with the same function (bike.fusion): only another cache differs
             checks.append(
                 f"{where}: recomputed at its own λ = {_fmt_lambda(config.fusion_lambda)} from {cache.directory} it gives "
                 f"{recheck:.4f}, not the {fixed:.4f} of result.json: that cache may not be the one its metrics came from."
@@ -287,7 +296,8 @@ def run_specs(
         return DriveResult(plan, outcomes)
     tracking_error = log_to_mlflow(plan, results, tracking_uri, log) if track else None
     cells, missing = collect_cells(plan)
-    return DriveResult(plan, outcomes, cells, missing, tracking_error)
+    identity = world("general").values.get("identity") if world is not None else None
+    return DriveResult(plan, outcomes, cells, missing, tracking_error, identity)
 
 
 def run_table6(
@@ -322,8 +332,9 @@ def run_table6(
         return drive
     results_path = results / TABLE6_RESULTS
     missing_path = results / TABLE6_MISSING
-    atomic_write_json(results_path, drive.cells)
-    atomic_write_json(results / f"table6_results_{scale}.json", drive.cells)
+    document = drive.results_document(scale)
+    atomic_write_json(results_path, document)
+    atomic_write_json(results / f"table6_results_{scale}.json", document)
     atomic_write_json(missing_path, drive.missing)
     table_cells: list[dict[str, Any]] = list(drive.cells)
     notes: list[str] = []

@@ -1,4 +1,5 @@
-"""Cached evaluation scores, and everything computed from them without running the network.
+"""Cached evaluation scores: the one reader/writer (:class:`ScoreCache`), and what is computed from them
+without running the network.
 
 Layout, one directory per split (``<run_dir>/cache/<split>/``, e.g. ``cache/val/``, ``cache/tune/``)::
 
@@ -11,11 +12,15 @@ Layout, one directory per split (``<run_dir>/cache/<split>/``, e.g. ``cache/val/
     view_scores.npy   [N, V, K] float16  per-view unscaled video logits (multi-view runs)
     manifest.json     shapes, dtypes, split, config hash, classes, score kind, views, ...
 
-``manifest.json`` is written last, so a cache with a manifest is complete. Every file is written
-atomically. Readers join caches of two runs by video id, never by row order.
+and ``<run_dir>/cache/attributes.json``: the run's ranked attribute phrases per video id.
 
-From a cache: fusion (Eq. 4) at any λ, λ sweeps, view aggregation, class-subset protocols (zero-shot
-half-class splits) — all without the network.
+``manifest.json`` is written last, so a cache with a manifest is complete. Every file is written
+atomically. :func:`write_cache` writes a split, :func:`read_cache` reads one directory,
+:func:`load_score_cache` one split of a run (with its phrases and config); :func:`join_score_caches`
+joins two runs' caches by video id, never by row order. Errors are :class:`CacheError`, naming the file.
+
+From a cache: fusion (Eq. 4, ``bike.fusion``) at any λ, view aggregation, class-subset protocols
+(zero-shot half-class splits) — all without the network.
 """
 
 from __future__ import annotations
@@ -24,19 +29,20 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Literal, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from bike.engine.checkpoint import atomic_write, atomic_write_json, atomic_write_text
+from bike.config import RunConfig
+from bike.fusion import ScoreKind
 from bike.metrics import aggregate_views, topk_accuracy
 
 CACHE_DIR = "cache"
 MANIFEST = "manifest.json"
+VIDEO_IDS_FILE = "video_ids.json"
 ATTRIBUTES_FILE = "attributes.json"
+CONFIG_FILE = "config.yaml"
 CACHE_FORMAT_VERSION = 1
-
-ScoreKind = Literal["logits", "probabilities"]
 
 _ARRAYS = {
     "video_scores": ("video_scores.npy", np.float32),
@@ -46,6 +52,12 @@ _ARRAYS = {
     "frame_emb": ("frame_emb.npy", np.float32),
     "view_scores": ("view_scores.npy", np.float16),
 }
+#: Arrays with one row per video.
+_PER_VIDEO = ("video_scores", "attr_scores", "labels", "frame_emb", "view_scores")
+
+
+class CacheError(ValueError):
+    """A cache that is missing or inconsistent; the message names the file."""
 
 
 def split_cache_dir(run_dir: str | Path, split: str) -> Path:
@@ -61,7 +73,19 @@ def attributes_cache_path(run_dir: str | Path) -> Path:
 # ---------------------------------------------------------------------------------------- data
 @dataclass
 class ScoreCache:
-    """One split's cached scores. Arrays may be read-only memory maps."""
+    """One split's cached scores, rows aligned by ``video_ids``. Arrays may be read-only memory maps.
+
+    Attributes:
+        video_ids: ``[N]`` ids, unique. labels: ``[N]`` class indices (negative = unlabelled) or ``[N, K]`` multi-hot.
+        video_scores: ``[N, K]`` video-branch scores (``score_kind``: unscaled ``logits``, or
+            ``probabilities`` averaged over views — already softmaxed).
+        classes: ``[K]`` class names. attr_scores: ``[N, K]`` attribute-branch cosine scores (optional).
+        class_emb ``[K, D]``, frame_emb ``[N, T, D]``, view_scores ``[N, V, K]``: optional.
+        extra: the manifest's ``extra``; manifest: the whole ``manifest.json``.
+        directory: ``<run_dir>/cache/<split>``; run_dir: the run directory (:func:`load_score_cache`).
+        attributes: per row the ranked attribute phrases (None when ``cache/attributes.json`` is absent).
+        config: the run's resolved :class:`RunConfig` (defaults when ``config.yaml`` is absent).
+    """
 
     video_ids: list[str]
     labels: np.ndarray
@@ -76,6 +100,10 @@ class ScoreCache:
     view_scores: Optional[np.ndarray] = None
     extra: dict = field(default_factory=dict)
     directory: Optional[Path] = None
+    run_dir: Optional[Path] = None
+    attributes: Optional[list[list[str]]] = None
+    manifest: dict = field(default_factory=dict)
+    config: RunConfig = field(default_factory=RunConfig)
 
     @property
     def num_videos(self) -> int:
@@ -89,6 +117,13 @@ class ScoreCache:
     def multi_label(self) -> bool:
         return self.labels.ndim == 2
 
+    @property
+    def max_attributes(self) -> int:
+        """Largest k the cached rankings allow (the longest phrase list)."""
+        if not self.attributes:
+            return 0
+        return max(len(p) for p in self.attributes)
+
     def rows(self, rows: np.ndarray | Sequence[int]) -> "ScoreCache":
         """The cache restricted to (and reordered by) ``rows``."""
         rows = np.asarray(rows, dtype=np.int64)
@@ -101,6 +136,7 @@ class ScoreCache:
             attr_scores=take(self.attr_scores),
             frame_emb=take(self.frame_emb),
             view_scores=take(self.view_scores),
+            attributes=None if self.attributes is None else [self.attributes[i] for i in rows],
         )
 
     def select_ids(self, ids: Sequence[str]) -> "ScoreCache":
@@ -112,6 +148,7 @@ class ScoreCache:
         return self.rows([index[v] for v in ids])
 
 
+# ------------------------------------------------------------------------------ write and read
 def write_cache(
     directory: str | Path,
     *,
@@ -129,6 +166,8 @@ def write_cache(
     extra: Optional[dict] = None,
 ) -> Path:
     """Write one split's cache (arrays first, manifest last). Returns the directory."""
+    from bike.engine.checkpoint import atomic_write, atomic_write_json, atomic_write_text  # torch: readers stay without it
+
     directory = Path(directory)
     n, k = len(video_ids), len(classes)
     if len(set(video_ids)) != n:
@@ -171,40 +210,78 @@ def write_cache(
             raise ValueError(f"{directory / fname}: shape {arr.shape} does not fit N={n} videos and K={k} classes")
         atomic_write(directory / fname, lambda f, a=arr: np.save(f, a))
         manifest["arrays"][name] = {"file": fname, "shape": list(arr.shape), "dtype": str(arr.dtype)}
-    atomic_write_text(directory / "video_ids.json", json.dumps(list(map(str, video_ids))))
+    atomic_write_text(directory / VIDEO_IDS_FILE, json.dumps(list(map(str, video_ids))))
     atomic_write_json(directory / MANIFEST, manifest)
     return directory
 
 
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CacheError(f"{path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise CacheError(f"{path}: not valid JSON: {exc}") from None
+
+
+def _load_npy(path: Path, mmap: bool) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except FileNotFoundError:
+        raise CacheError(f"{path}: file not found") from None
+    except ValueError as exc:
+        raise CacheError(f"{path}: not a readable .npy array: {exc}") from None
+
+
 def read_cache(directory: str | Path, mmap: bool = True) -> ScoreCache:
-    """Read a cache written by :func:`write_cache`, checking every array against the manifest."""
+    """Read a cache written by :func:`write_cache`, checking every array against the ids, the classes and the manifest.
+
+    Raises FileNotFoundError without a manifest (an unfinished evaluation), else :class:`CacheError`
+    naming the file.
+    """
     directory = Path(directory)
     mpath = directory / MANIFEST
     if not mpath.is_file():
         raise FileNotFoundError(f"{mpath}: no cache manifest (was the evaluation finished?)")
-    manifest = json.loads(mpath.read_text())
-    ids = json.loads((directory / "video_ids.json").read_text())
-    if len(ids) != manifest["num_videos"]:
-        raise ValueError(f"{directory / 'video_ids.json'}: {len(ids)} ids, manifest says {manifest['num_videos']}")
+    manifest = _load_json(mpath)
+    ids = _load_json(directory / VIDEO_IDS_FILE)
+    if not isinstance(ids, list):
+        raise CacheError(f"{directory / VIDEO_IDS_FILE}: expected a list of video ids")
+    ids = [str(v) for v in ids]
+    n = len(ids)
+    if n != manifest.get("num_videos", n):
+        raise CacheError(f"{directory / VIDEO_IDS_FILE}: {n} ids, manifest says {manifest['num_videos']}")
+    if len(set(ids)) != n:
+        raise CacheError(f"{directory / VIDEO_IDS_FILE}: video ids are not unique")
+    classes = [str(c) for c in manifest.get("classes", [])]
     loaded: dict[str, Optional[np.ndarray]] = {name: None for name in _ARRAYS}
-    for name, info in manifest["arrays"].items():
-        path = directory / info["file"]
-        arr = np.load(path, mmap_mode="r" if mmap else None)
-        if list(arr.shape) != info["shape"] or str(arr.dtype) != info["dtype"]:
-            raise ValueError(
-                f"{path}: shape {list(arr.shape)} dtype {arr.dtype} differ from the manifest "
-                f"({info['shape']} {info['dtype']})"
+    for name, info in manifest.get("arrays", {}).items():
+        path = directory / info.get("file", f"{name}.npy")
+        arr = _load_npy(path, mmap)
+        if name in _PER_VIDEO and (arr.ndim == 0 or arr.shape[0] != n):
+            what = f"{arr.shape[0]} labels" if name == "labels" and arr.ndim else f"shape {arr.shape}"
+            raise CacheError(f"{path}: {what} for {n} video ids (one row per id)")
+        if list(arr.shape) != info.get("shape", list(arr.shape)) or str(arr.dtype) != info.get("dtype", str(arr.dtype)):
+            raise CacheError(
+                f"{path}: shape {list(arr.shape)} dtype {arr.dtype} differ from the manifest ({info['shape']} {info['dtype']})"
             )
         loaded[name] = arr
     if loaded["video_scores"] is None or loaded["labels"] is None:
-        raise ValueError(f"{mpath}: a cache needs video_scores and labels")
+        raise CacheError(f"{mpath}: a cache needs video_scores and labels")
+    scores = loaded["video_scores"]
+    if scores.ndim != 2:
+        raise CacheError(f"{directory / _ARRAYS['video_scores'][0]}: shape {scores.shape}; expected [{n}, K] (one row per id)")
+    if len(classes) != scores.shape[1]:
+        raise CacheError(f"{mpath}: {len(classes)} classes listed for {scores.shape[1]} score columns")
+    if loaded["attr_scores"] is not None and loaded["attr_scores"].shape != scores.shape:
+        raise CacheError(f"{directory / _ARRAYS['attr_scores'][0]}: shape {loaded['attr_scores'].shape}; expected {scores.shape}")
     return ScoreCache(
         video_ids=ids,
         labels=np.asarray(loaded["labels"]),
-        video_scores=loaded["video_scores"],
-        classes=manifest["classes"],
-        split=manifest["split"],
-        config_hash=manifest["config_hash"],
+        video_scores=scores,
+        classes=classes,
+        split=str(manifest.get("split", directory.name)),
+        config_hash=str(manifest.get("config_hash", "")),
         score_kind=manifest.get("score_kind", "logits"),
         attr_scores=loaded["attr_scores"],
         class_emb=loaded["class_emb"],
@@ -212,21 +289,93 @@ def read_cache(directory: str | Path, mmap: bool = True) -> ScoreCache:
         view_scores=loaded["view_scores"],
         extra=manifest.get("extra", {}),
         directory=directory,
+        manifest=manifest,
     )
 
 
-def join_caches(a: ScoreCache, b: ScoreCache) -> tuple[ScoreCache, ScoreCache]:
-    """Align two caches on their common video ids (in ``a``'s order), checking classes and labels agree."""
-    if list(a.classes) != list(b.classes):
-        raise ValueError(f"cannot join caches {a.directory} and {b.directory}: their class lists differ")
-    in_b = set(b.video_ids)
-    common = [v for v in a.video_ids if v in in_b]
-    if not common:
-        raise ValueError(f"cannot join caches {a.directory} and {b.directory}: no video id in common")
-    a2, b2 = a.select_ids(common), b.select_ids(common)
-    if not np.array_equal(a2.labels, b2.labels):
-        raise ValueError(f"caches {a.directory} and {b.directory} disagree on the labels of common videos")
-    return a2, b2
+# ------------------------------------------------------------------------------ a run's caches
+def cached_splits(run_dir: str | Path) -> list[str]:
+    """The splits with a complete cache (a ``manifest.json``) under ``<run_dir>/cache/``."""
+    root = Path(run_dir) / CACHE_DIR
+    return sorted(d.name for d in root.iterdir() if (d / MANIFEST).is_file()) if root.is_dir() else []
+
+
+def read_attributes_file(path: Path) -> dict[str, list[str]]:
+    """``cache/attributes.json``: ``{"signature": ..., "videos": {id: [phrase, ...]}}`` (or the bare mapping)."""
+    raw = _load_json(path)
+    videos = raw.get("videos", raw) if isinstance(raw, dict) else None
+    if not isinstance(videos, dict):
+        raise CacheError(f"{path}: expected {{'videos': {{video_id: [phrase, ...]}}}}")
+    out: dict[str, list[str]] = {}
+    for vid, phrases in videos.items():
+        if not isinstance(phrases, list) or not all(isinstance(x, str) for x in phrases):
+            raise CacheError(f"{path}: videos[{vid!r}]: expected a list of phrases (strings)")
+        out[str(vid)] = phrases
+    return out
+
+
+def load_score_cache(run_dir: str | Path, split: Optional[str] = None, mmap: bool = False) -> ScoreCache:
+    """One split's cache of a run (:func:`read_cache`), with the run's ranked phrases and config.
+
+    ``<run_dir>/cache/attributes.json`` (when present) gives ``attributes`` (every video id of the
+    split must have phrases); ``<run_dir>/config.yaml`` gives ``config``. ``split=None`` takes the only
+    split cached.
+    """
+    run_dir = Path(run_dir)
+    available = cached_splits(run_dir)
+    if split is None:
+        if len(available) != 1:
+            raise CacheError(
+                f"{run_dir / CACHE_DIR}: {'no split cached' if not available else f'several splits cached {available}'}; "
+                "name the split"
+            )
+        split = available[0]
+    directory = split_cache_dir(run_dir, split)
+    if split not in available:
+        raise CacheError(
+            f"{directory / MANIFEST}: no cache for split {split!r} (cached: {available or 'none'}); "
+            f"evaluate that split first (eval.split={split}, or a training run with data.tuning_holdout > 0 for 'tune')"
+        )
+    cache = read_cache(directory, mmap=mmap)
+    attributes = None
+    attr_path = attributes_cache_path(run_dir)
+    if attr_path.is_file():
+        known = read_attributes_file(attr_path)
+        missing = [v for v in cache.video_ids if v not in known]
+        if missing:
+            raise CacheError(
+                f"{attr_path}: {len(missing)} of {cache.num_videos} video ids of split {split!r} have no attributes (first: {missing[:3]})"
+            )
+        attributes = [known[v] for v in cache.video_ids]
+    config = RunConfig.from_yaml(run_dir / CONFIG_FILE) if (run_dir / CONFIG_FILE).is_file() else RunConfig()
+    return replace(cache, run_dir=run_dir, attributes=attributes, config=config)
+
+
+def join_score_caches(video: ScoreCache, attrs: ScoreCache) -> ScoreCache:
+    """Video scores from one run, attribute scores, phrases and config from another, joined by video id.
+
+    Rows follow ``video``'s order; every id of ``video`` must be in ``attrs`` with the same label,
+    and the class lists must agree. Never joins by row order.
+    """
+    if list(attrs.classes) != list(video.classes):
+        raise CacheError(f"{attrs.directory / MANIFEST}: class list differs from {video.directory / MANIFEST}")
+    pos = {v: i for i, v in enumerate(attrs.video_ids)}
+    missing = [v for v in video.video_ids if v not in pos]
+    if missing:
+        raise CacheError(
+            f"{attrs.directory / VIDEO_IDS_FILE}: {len(missing)} video ids of {video.directory} are absent (first: {missing[:3]})"
+        )
+    idx = np.array([pos[v] for v in video.video_ids], dtype=np.int64)
+    differ = np.any((attrs.labels[idx] != video.labels).reshape(len(idx), -1), axis=1)
+    if differ.any():
+        bad = video.video_ids[int(np.flatnonzero(differ)[0])]
+        raise CacheError(f"{attrs.directory / _ARRAYS['labels'][0]}: label of video {bad!r} differs from {video.directory}")
+    return replace(
+        video,
+        attr_scores=None if attrs.attr_scores is None else np.asarray(attrs.attr_scores)[idx],
+        attributes=None if attrs.attributes is None else [attrs.attributes[i] for i in idx],
+        config=attrs.config,
+    )
 
 
 # ------------------------------------------------------------------------------ from the cache
@@ -245,88 +394,6 @@ def video_side_scores(cache: ScoreCache, view_aggregation: Optional[str] = None,
         raise ValueError(f"{cache.directory}: no per-view scores cached; cannot re-aggregate views")
     agg = aggregate_views(np.asarray(cache.view_scores, dtype=np.float64), view_aggregation, temperature)
     return agg, ("probabilities" if view_aggregation == "softmax_mean" else "logits")
-
-
-def transform_side(scores: np.ndarray, kind: ScoreKind, transform: str) -> np.ndarray:
-    """One side of Eq. 4 after the fusion transform.
-
-    Logits go through ``bike.fusion.score_transform``. View-averaged probabilities (multi-view,
-    ``softmax_mean``) already are the per-view softmax at temperature 1, the official transform, so
-    ``softmax`` leaves them as they are; ``cosine`` cannot be applied to them.
-    """
-    if kind == "probabilities":
-        if transform == "softmax":
-            return np.asarray(scores, dtype=np.float64)
-        raise ValueError(
-            "fusion transform 'cosine' needs unscaled logits, but the cache holds view-averaged "
-            "probabilities; re-aggregate with view_aggregation='logit_mean'"
-        )
-    from bike.fusion import score_transform
-
-    import torch
-
-    out = score_transform(torch.as_tensor(np.asarray(scores, dtype=np.float64)), transform)
-    return out.detach().cpu().numpy().astype(np.float64) if hasattr(out, "detach") else np.asarray(out, dtype=np.float64)
-
-
-def fuse_scores(
-    s_v: np.ndarray, s_a: np.ndarray, lam: float, transform: str, kind_v: ScoreKind = "logits", kind_a: ScoreKind = "logits"
-) -> np.ndarray:
-    """S = λ·T(S_V) + (1 − λ)·T(S_A) (Eq. 4) on numpy arrays ``[N, K]``.
-
-    For plain logits on both sides this equals ``bike.fusion.fuse(s_v, s_a, lam, transform)``.
-    """
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"fusion λ must lie in [0, 1], got {lam}")
-    a = transform_side(s_v, kind_v, transform)
-    b = transform_side(s_a, kind_a, transform)
-    return lam * a + (1.0 - lam) * b
-
-
-def fuse_cache(video: ScoreCache, attr: Optional[ScoreCache], lam: float, transform: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Fused scores ``[N, K]`` from one cache (both branches) or two caches joined by video id.
-
-    Returns (fused scores, labels, video ids).
-    """
-    if attr is None:
-        if video.attr_scores is None:
-            raise ValueError(f"{video.directory}: no attr_scores in the cache; pass the attributes run's cache")
-        s_a, v = np.asarray(video.attr_scores), video
-    else:
-        v, a = join_caches(video, attr)
-        if a.attr_scores is None:
-            raise ValueError(f"{attr.directory}: no attr_scores in the cache")
-        s_a = np.asarray(a.attr_scores)
-    fused = fuse_scores(np.asarray(v.video_scores), s_a, lam, transform, kind_v=v.score_kind)
-    return fused, v.labels, v.video_ids
-
-
-def lambda_sweep(
-    s_v: np.ndarray,
-    s_a: np.ndarray,
-    labels: np.ndarray,
-    lams: Sequence[float],
-    transform: str,
-    kind_v: ScoreKind = "logits",
-    kind_a: ScoreKind = "logits",
-) -> np.ndarray:
-    """Top-1 accuracy (percent) of the fused scores at every λ in ``lams`` → ``[len(lams)]``.
-
-    The transforms are applied once; each λ costs one argmax over ``[N, K]``.
-    """
-    a = transform_side(s_v, kind_v, transform)
-    b = transform_side(s_a, kind_a, transform)
-    y = np.asarray(labels)
-    if y.ndim != 1:
-        raise ValueError("lambda_sweep needs single-label labels [N]")
-    keep = y >= 0
-    a, b, y = a[keep], b[keep], y[keep]
-    diff = a - b
-    out = np.empty(len(lams))
-    for i, lam in enumerate(lams):
-        fused = b + lam * diff  # = lam * a + (1 - lam) * b
-        out[i] = float(topk_accuracy(fused, y, ks=(1,))["top1"])
-    return out
 
 
 # ---------------------------------------------------------------------- class-subset protocols

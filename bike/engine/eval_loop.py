@@ -28,17 +28,11 @@ import torch.distributed as dist
 
 from bike.config import RunConfig
 from bike.data.dataset import BadDataError, BadVideoLog
-from bike.engine.caches import (
-    ScoreKind,
-    column_subset,
-    evaluate_class_splits,
-    fuse_scores,
-    split_cache_dir,
-    write_cache,
-)
+from bike.engine.caches import column_subset, evaluate_class_splits, split_cache_dir, write_cache
 from bike.engine.logging import RunLogger
 from bike.engine.precision import autocast
 from bike.engine.zero_shot import FRAME_SOFTMAX_SCALE, frame_level_scores, frame_level_scores_np
+from bike.fusion import ScoreKind, fuse, score_transform, softmax
 from bike.metrics import (
     Metric,
     ViewAggregator,
@@ -229,12 +223,6 @@ def attribute_scores(model, video_ids: Sequence[str], attributes: dict[str, list
 
 
 # ------------------------------------------------------------------------------ metrics
-def _softmax_np(x: np.ndarray) -> np.ndarray:
-    z = x - x.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def closed_metrics(prefix: str, scores: np.ndarray, labels: np.ndarray) -> dict[str, Metric]:
     out: dict[str, Metric] = {}
     if labels.ndim == 2:
@@ -261,15 +249,15 @@ def protocol_metrics(
         head = dict(closed_metrics("", vs.scores, labels))
         if attr is not None:
             metrics.update(closed_metrics("attr_", attr, labels))
-            fused = fuse_scores(vs.scores, attr, config.fusion_lambda, config.fusion.transform, kind_v=vs.score_kind)
+            fused = fuse(vs.scores, attr, config.fusion_lambda, config.fusion.transform, kind_v=vs.score_kind, dtype=np.float64)
             metrics.update(closed_metrics("fused_", fused, labels))
             head = closed_metrics("", fused, labels)
             metrics["fusion_lambda"] = config.fusion_lambda
         metrics.update(head)
         if labels.ndim == 2:
-            probs = vs.scores if vs.score_kind == "probabilities" else _softmax_np(vs.scores)
+            probs = score_transform(vs.scores, "softmax", score_kind=vs.score_kind)
             # the released Charades test softmaxes the view-averaged softmax once more, then averages running mAPs
-            metrics["mAP_official_running"] = charades_running_map(_softmax_np(probs), labels, config.eval.batch_size * world_size)
+            metrics["mAP_official_running"] = charades_running_map(softmax(probs), labels, config.eval.batch_size * world_size)
         return metrics
     if labels.ndim != 1:
         raise ValueError(f"eval.protocol={protocol!r} needs single-label videos")

@@ -33,8 +33,9 @@ Shapes: N videos, K classes, D text embedding width, U distinct sentences.
 Modules, in dependency order (each imports only those above it); every public name is re-exported
 here, so ``from harness.tuning import X`` works for all of them:
 
-* :mod:`harness.tuning.scores`: :class:`ScoreCache` and its readers (:func:`load_score_cache`,
-  :func:`join_score_caches`, :func:`cached_splits`, :func:`read_attributes_file`), :class:`CacheError`.
+* re-exported from :mod:`bike.engine.caches` (the one score-cache reader/writer): :class:`ScoreCache`
+  and its readers (:func:`load_score_cache`, :func:`join_score_caches`, :func:`cached_splits`,
+  :func:`read_attributes_file`), :class:`CacheError`.
 * :mod:`harness.tuning.sentences`: :func:`attribute_sentence`, :class:`SentenceEmbeddingCache`,
   :class:`TextSide`, :class:`AttributeScorer`, :class:`EngineTextSideFactory`.
 * :mod:`harness.tuning.spec`: the sweep spec (:class:`SweepSpec`, :class:`SearchSpace`,
@@ -58,7 +59,7 @@ from __future__ import annotations
 
 import logging
 
-from harness.tuning.scores import (
+from bike.engine.caches import (
     ATTRIBUTES_FILE,
     CACHE_DIR,
     MANIFEST,
@@ -142,7 +143,7 @@ from harness.tuning.main import SourceResolver, resolve_source_run, tune_main
 log = logging.getLogger(__name__)
 
 __all__ = [
-    # scores
+    # scores (bike.engine.caches)
     "ATTRIBUTES_FILE",
     "CACHE_DIR",
     "MANIFEST",

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from bike.config import ConfigError
+from bike.engine.caches import CacheError
 from harness.spec import ResourceSpec
 from harness.tuning.problem import ProblemFactory
-from harness.tuning.scores import CacheError
 from harness.tuning.sentences import TextSideFactory
 from harness.tuning.spec import SourceRef, SweepSpec, SweepSpecError, load_sweep_spec
 from harness.tuning.study import run_study

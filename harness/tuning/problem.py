@@ -16,8 +16,17 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from bike.config import RunConfig
+from bike.engine.caches import (
+    CONFIG_FILE,
+    MANIFEST,
+    CacheError,
+    ScoreCache,
+    attributes_cache_path,
+    join_score_caches,
+    load_score_cache,
+)
+from bike.fusion import check_transform, combine
 from harness.lambda_exact import CandidateFusion, LambdaCurve, exact_lambda_curve, transform_scores
-from harness.tuning.scores import ATTRIBUTES_FILE, CACHE_DIR, MANIFEST, CacheError, ScoreCache, join_score_caches, load_score_cache
 from harness.tuning.sentences import AttributeScorer, EngineTextSideFactory, SentenceEmbeddingCache, TextSideFactory
 from harness.tuning.spec import FloatRange, IntRange, SearchSpace, SweepSpec, SweepSpecError
 
@@ -67,17 +76,17 @@ class FusionProblem:
         """``T(S_V)`` ``[N, K]`` float64 (view-averaged probabilities are already the softmax side)."""
         t = self._transform(transform)
         if t not in self._video:
+            try:
+                check_transform(t, self.cache.score_kind)  # type: ignore[arg-type]
+            except ValueError as exc:
+                raise CacheError(f"{self.cache.directory / MANIFEST}: {exc}") from None
             s_v = np.asarray(self.cache.video_scores)[self.keep]
-            if self.cache.score_kind == "probabilities":
-                if t != "softmax":
-                    raise CacheError(
-                        f"{self.cache.directory / MANIFEST}: video scores are view-averaged probabilities; "
-                        f"transform {t!r} needs logits (evaluate with eval.view_aggregation=logit_mean)"
-                    )
-                self._video[t] = transform_scores(s_v, None)
-            else:
-                self._video[t] = transform_scores(s_v, t)  # type: ignore[arg-type]
+            self._video[t] = transform_scores(s_v, t, self.cache.score_kind)  # type: ignore[arg-type]
         return self._video[t]
+
+    def fused(self, lam: float, k: Optional[int] = None, transform: Optional[str] = None) -> np.ndarray:
+        """``λ·T(S_V) + (1 − λ)·T(S_A(k))`` ``[N, K]`` float64 (Eq. 4, ``bike.fusion.combine``)."""
+        return combine(self.video_side(transform), self.attr_side(k, transform), lam)
 
     def attr_scores(self, k: Optional[int]) -> np.ndarray:
         """``[N, K]`` raw attribute scores for ``k`` attributes (cached scores when ``k`` is None)."""
@@ -132,7 +141,7 @@ class ProblemFactory:
 
     def load_cache(self) -> ScoreCache:
         run = Path(self.source_run)
-        config = RunConfig.from_yaml(run / "config.yaml") if (run / "config.yaml").is_file() else RunConfig()
+        config = RunConfig.from_yaml(run / CONFIG_FILE) if (run / CONFIG_FILE).is_file() else RunConfig()
         split = self.spec.split_for(config)
         cache = load_score_cache(run, split)
         if self.spec.attr_run:
@@ -147,7 +156,7 @@ class ProblemFactory:
         if space.k is not None:
             if not cache.attributes:
                 raise CacheError(
-                    f"{cache.run_dir / CACHE_DIR / ATTRIBUTES_FILE}: missing, so space.k cannot be searched; set space.k: null"
+                    f"{attributes_cache_path(cache.run_dir)}: missing, so space.k cannot be searched; set space.k: null"
                 )
             high = k_high(space, cache)
             if high > cache.max_attributes:

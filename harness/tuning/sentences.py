@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from harness.tuning.scores import CacheError, ScoreCache
+from bike.engine.caches import CacheError, ScoreCache
 
 log = logging.getLogger(__name__)
 

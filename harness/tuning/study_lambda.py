@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from bike.config import ConfigError
+from bike.engine.caches import MANIFEST, ScoreCache, split_cache_dir
 from harness.tuning.problem import FusionProblem
-from harness.tuning.scores import CACHE_DIR, MANIFEST, ScoreCache
 
 
 # ================================================================== a finished study's λ, elsewhere
@@ -84,7 +84,7 @@ def _study_classes(raw: dict, path: Path) -> list[str]:
     if classes is not None:
         raise StudyLambdaError(f"{path}: field 'classes': expected a non-empty list of class names, got {classes!r}")
     source, split = raw.get("source_run"), raw.get("split")
-    manifest = Path(str(source)) / CACHE_DIR / str(split) / MANIFEST if source and split else None
+    manifest = split_cache_dir(str(source), str(split)) / MANIFEST if source and split else None
     if manifest is None or not manifest.is_file():
         raise StudyLambdaError(
             f"{path}: no field 'classes' (a study from before it was recorded), and the source run's cache "
@@ -160,18 +160,19 @@ FUSED_METRICS = ("top1", "top5", "mean_class")
 def fused_metric(cache: ScoreCache, lam: float, metric: str = "top1", transform: Optional[str] = None) -> float:
     """A metric (percent, as evaluation reports it) of ``λ·T(S_V) + (1 − λ)·T(S_A)`` on one cached split.
 
-    ``T`` is ``transform`` (default: the run's ``fusion.transform``); view-averaged probabilities are
-    taken as the softmax side, as evaluation does (:meth:`FusionProblem.video_side`). Unlabelled rows are
-    skipped. No network runs: only the cached ``video_scores`` and ``attr_scores`` are read.
+    ``T`` is ``transform`` (default: the run's ``fusion.transform``); the fusion is evaluation's
+    (``bike.fusion``, through :meth:`FusionProblem.fused`: view-averaged probabilities are the softmax
+    side). Unlabelled rows are skipped. No network runs: only the cached ``video_scores`` and
+    ``attr_scores`` are read.
     """
+    from bike.fusion import check_lambda
     from bike.metrics import mean_class_accuracy, topk_accuracy
 
     if metric not in FUSED_METRICS:
         raise ValueError(f"fused_metric: metric={metric!r}; expected one of {FUSED_METRICS}")
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"fused_metric: lam={lam}; expected a value in [0, 1]")
+    check_lambda(lam)
     problem = FusionProblem(cache, default_transform=transform or cache.config.fusion.transform)
-    fused = lam * problem.video_side() + (1.0 - lam) * problem.attr_side(None)
+    fused = problem.fused(lam)
     if metric == "mean_class":
         return float(mean_class_accuracy(fused, problem.labels))
     return float(topk_accuracy(fused, problem.labels, ks=(int(metric[3:]),))[metric])

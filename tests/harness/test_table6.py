@@ -15,7 +15,7 @@ from harness.spec import load_spec
 from harness.table6 import TABLE6_LAMBDA, TABLE6_SPEC, collect_cells, plain_markdown, result_metric, run_table6, study_lambda_cells
 from harness.tuning import StudyLambdaError, load_study_lambda
 from harness.tracking import TAG_PARENT_KEY, TAG_RUN_ID, Tracker, default_tracking_uri
-from worldstub import fake_world
+from tests.harness.worldstub import fake_world
 
 
 def stand_in_engine(calls: list):
@@ -57,8 +57,10 @@ def test_table6_smoke_end_to_end(tmp_path):
     plan = expand(load_spec(TABLE6_SPEC), "smoke", results, world=fake_world(tmp_path))
     assert sorted(calls) == sorted(r.run_id for r in plan.runs)  # every distinct run ran exactly once
 
-    cells = json.loads((results / "table6_results.json").read_text())
-    assert cells == json.loads((results / "table6_results_smoke.json").read_text())
+    document = json.loads((results / "table6_results.json").read_text())
+    assert document == json.loads((results / "table6_results_smoke.json").read_text())
+    assert document["scale"] == "smoke" and set(document) == {"scale", "world", "cells"}
+    cells = document["cells"]
     assert {"table", "row", "column", "value", "scale", "run_id"} <= set(cells[0])
     by_key = {(c["table"], c["row"], c["column"]): c for c in cells}
     assert len(by_key) == len(cells) == 36
@@ -92,12 +94,12 @@ def test_table6_smoke_end_to_end(tmp_path):
     drive2 = run_table6(**{**kwargs, "out": io.StringIO()})
     assert {o.action for o in drive2.outcomes.values()} == {"skipped-done"}
     assert len(calls) == len(plan.runs)
-    assert json.loads((results / "table6_results.json").read_text()) == cells
+    assert json.loads((results / "table6_results.json").read_text())["cells"] == cells
     children2 = tracker.client.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_RUN_ID}` != ''")
     assert len(children2) == len(children)
     assert len(tracker.client.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_PARENT_KEY}` != ''")) == 1
 
-    check = pytest.importorskip("harness.check")
+    from harness import check
     assert len(check.load_results(results / "table6_results.json")) == 36
 
 
@@ -158,8 +160,6 @@ def _tiny_dataset(root: Path) -> dict:
 @pytest.mark.slow
 def test_the_real_engine_plugs_in(tmp_path):
     """bike.train / bike.evaluate (the default job kinds) through the harness: stage 1, stage 2, eval."""
-    pytest.importorskip("bike.train")
-    pytest.importorskip("bike.evaluate")
     import yaml
 
     from harness.table6 import run_specs
@@ -208,8 +208,9 @@ def _direct(s_v: np.ndarray, s_a: np.ndarray, labels: np.ndarray, lam: float, me
 
 def _write_cached_run(run_dir: Path, config: RunConfig, seed: int, n: int = 120, classes=CLASSES) -> dict:
     """A run directory with config.yaml and cache/<eval.split>/ (the engine's writer); returns the arrays
-    and the fused metrics at the run's own λ as evaluation computes them (bike.engine.caches.fuse_scores)."""
-    from bike.engine.caches import fuse_scores, split_cache_dir, write_cache
+    and the fused metrics at the run's own λ as evaluation computes them (bike.fusion.fuse, float64)."""
+    from bike.engine.caches import split_cache_dir, write_cache
+    from bike.fusion import fuse
     from bike.metrics import mean_class_accuracy, topk_accuracy
 
     rng = np.random.default_rng(seed)
@@ -225,7 +226,7 @@ def _write_cached_run(run_dir: Path, config: RunConfig, seed: int, n: int = 120,
     write_cache(split_cache_dir(run_dir, config.eval.split), video_ids=[f"v{i}" for i in range(n)], labels=labels,
                 video_scores=s_v, classes=list(classes), split=config.eval.split, config_hash=config.content_hash(),
                 attr_scores=s_a)
-    fused = fuse_scores(s_v, s_a, config.fusion_lambda, config.fusion.transform)
+    fused = fuse(s_v, s_a, config.fusion_lambda, config.fusion.transform, dtype=np.float64)
     metrics = {"video_top1": float(topk_accuracy(s_v, labels, ks=(1,))["top1"]),
                "fused_top1": float(topk_accuracy(fused, labels, ks=(1,))["top1"]),
                "fused_mean_class": float(mean_class_accuracy(fused, labels))}
@@ -277,6 +278,48 @@ def test_fused_cells_recomputed_at_the_study_lambda_equal_a_direct_fusion(tmp_pa
     # a result.json value the cache does not reproduce is pointed out
     _, notes = study_lambda_cells([{**cells[0], "value": 1.0}], results, best)
     assert any("not the 1.0000 of result.json" in n for n in notes)
+
+
+@pytest.mark.parametrize("score_kind", ["logits", "probabilities"])
+@pytest.mark.parametrize("lam", [0.0, 0.15, 0.6, 1.0])
+def test_evaluation_tuning_and_lambda_from_give_the_same_fused_top1(tmp_path, score_kind, lam):
+    """One fusion (bike.fusion): evaluation's metrics (eval_loop.protocol_metrics on the cached scores, as
+    when a cache is reused), the tuning problem (exact curve, sampled trial) and --lambda-from
+    (fused_metric) count the same correct videos on one cached split at one λ — and so does Eq. 4 by hand."""
+    from bike.engine.caches import load_score_cache, split_cache_dir, write_cache
+    from bike.engine.eval_loop import _scores_from_cache, protocol_metrics
+    from harness.tuning import FusionProblem, fused_metric
+
+    rng = np.random.default_rng(7)
+    n, k = 150, len(CLASSES)
+    labels = rng.integers(0, k, n)
+    labels[:4] = -1  # unlabelled rows: skipped by every path
+    s_v = rng.normal(scale=0.8, size=(n, k))
+    s_v[np.arange(n), np.maximum(labels, 0)] += 0.6
+    if score_kind == "probabilities":  # multi-view softmax_mean: already the softmax side
+        s_v = np.stack([_softmax(s_v + rng.normal(scale=0.3, size=(n, k))) for _ in range(3)]).mean(axis=0)
+    s_a = rng.normal(scale=0.6, size=(n, k))
+    s_a[np.arange(n), np.maximum(labels, 0)] += rng.random(n)
+    config = _eval_config(lam)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(config.to_yaml())
+    write_cache(split_cache_dir(run, "val"), video_ids=[f"v{i}" for i in range(n)], labels=labels, video_scores=s_v,
+                classes=CLASSES, split="val", config_hash=config.content_hash(), score_kind=score_kind, attr_scores=s_a)
+    cache = load_score_cache(run, "val")
+    v, a = np.asarray(cache.video_scores, np.float64), np.asarray(cache.attr_scores, np.float64)
+    t_v = v if score_kind == "probabilities" else _softmax(v)
+    keep = labels >= 0
+    by_hand = int(((lam * t_v + (1 - lam) * _softmax(a)).argmax(axis=1) == labels)[keep].sum())  # Eq. 4 written out
+
+    evaluation = protocol_metrics(config, _scores_from_cache(cache, views=3), np.asarray(cache.attr_scores))["fused_top1"]
+    lambda_from = fused_metric(cache, lam, "top1")
+    problem = FusionProblem(cache, default_transform="softmax")
+    exact, sampled = float(np.ravel(problem.curve(None).at(lam))[0]), problem.evaluate(None, lam)
+    n_kept = int(keep.sum())
+    assert evaluation.evaluated == n_kept and evaluation == lambda_from  # the same function, bit for bit
+    assert round(evaluation * n_kept / 100) == round(exact * n_kept) == round(sampled * n_kept) == by_hand
+    assert by_hand < n_kept  # not trivially all correct
 
 
 def test_lambda_from_refuses_missing_unreadable_and_foreign_studies(tmp_path):
@@ -340,14 +383,14 @@ def test_table6_lambda_from_a_study_end_to_end(tmp_path):
     kwargs = dict(scale="smoke", cluster="debug", results=results, tracking_uri=uri, world=fake_world(tmp_path),
                   job_targets={"train": engine, "evaluate": engine})
     assert run_table6(**kwargs, out=io.StringIO()).ok
-    fixed_cells = json.loads((results / "table6_results.json").read_text())
+    fixed_cells = json.loads((results / "table6_results.json").read_text())["cells"]
     assert not (results / TABLE6_LAMBDA).exists()
     n_runs = len(calls)
     _write_best(results / "studies/lambda_k_world_general/best.json", 0.2)
     out = io.StringIO()
     assert run_table6(**kwargs, out=out, lambda_from="lambda_k_world_general").ok
     assert len(calls) == n_runs  # nothing re-ran
-    assert json.loads((results / "table6_results.json").read_text()) == fixed_cells
+    assert json.loads((results / "table6_results.json").read_text())["cells"] == fixed_cells
     recomputed = json.loads((results / TABLE6_LAMBDA).read_text())
     fused = {(c["table"], c["row"], c["column"]): c for c in fixed_cells if c["metric"] == "fused_top1"}
     assert {(c["table"], c["row"], c["column"]) for c in recomputed} == set(fused) and len(fused) >= 10

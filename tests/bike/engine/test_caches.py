@@ -1,17 +1,16 @@
-"""Score caches: round trip, joins by video id, fusion, λ sweeps, view aggregation, class subsets."""
+"""Score caches: round trip, joins by video id, fusion of cached scores, view aggregation, class subsets."""
 
 import json
 
 import numpy as np
 import pytest
-import torch
 
 from bike.engine.caches import (
+    CacheError,
     column_subset,
     evaluate_class_splits,
-    fuse_cache,
-    join_caches,
-    lambda_sweep,
+    join_score_caches,
+    load_score_cache,
     read_cache,
     split_cache_dir,
     video_side_scores,
@@ -19,7 +18,7 @@ from bike.engine.caches import (
 )
 from bike.engine.zero_shot import frame_level_scores_np
 from bike.fusion import fuse
-from bike.metrics import aggregate_views, topk_accuracy
+from bike.metrics import aggregate_views
 
 N, K, T, D, V = 30, 6, 4, 8, 3
 
@@ -69,29 +68,39 @@ def test_join_by_video_id_not_row_order(tmp_path):
     perm = np.random.default_rng(5).permutation(N)
     d1, ids, labels, video, attr = _cache(tmp_path / "a")
     d2, *_ = _cache(tmp_path / "b", order=perm)
-    a, b = join_caches(read_cache(d1), read_cache(d2))
-    assert a.video_ids == b.video_ids == ids
-    np.testing.assert_allclose(b.video_scores, video.astype(np.float32))
+    joined = join_score_caches(read_cache(d1), read_cache(d2))
+    assert joined.video_ids == ids
+    np.testing.assert_array_equal(joined.attr_scores, attr.astype(np.float32))
+    np.testing.assert_array_equal(joined.video_scores, video.astype(np.float32))
 
 
-def test_fusion_from_two_caches_equals_fuse_on_aligned_rows(tmp_path):
+def _ref_softmax(x):
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_fusion_of_two_joined_caches_is_eq4_on_aligned_rows(tmp_path):
     perm = np.random.default_rng(5).permutation(N)
     d1, ids, labels, video, attr = _cache(tmp_path / "a")
     d2, *_ = _cache(tmp_path / "b", order=perm)
-    fused, lab, got_ids = fuse_cache(read_cache(d1), read_cache(d2), 0.7, "softmax")
-    ref = fuse(torch.tensor(video, dtype=torch.float32), torch.tensor(attr, dtype=torch.float32), 0.7, "softmax")
-    np.testing.assert_allclose(fused, ref.double().numpy(), rtol=1e-5)
-    assert got_ids == ids
+    c = join_score_caches(read_cache(d1), read_cache(d2))
+    fused = fuse(c.video_scores, c.attr_scores, 0.7, "softmax", kind_v=c.score_kind, dtype=np.float64)
+    v, a = video.astype(np.float32).astype(np.float64), attr.astype(np.float32).astype(np.float64)
+    ref = 0.7 * _ref_softmax(v) + (1 - 0.7) * _ref_softmax(a)  # Eq. 4, released code's transform
+    assert fused.dtype == np.float64
+    np.testing.assert_allclose(fused, ref, rtol=1e-12)
 
 
-def test_lambda_sweep_equals_per_lambda_fusion(tmp_path):
-    d, ids, labels, video, attr = _cache(tmp_path)
-    lams = np.linspace(0, 1, 11)
-    sweep = lambda_sweep(video, attr, labels, lams, "softmax")
-    for lam, acc in zip(lams, sweep):
-        ref = topk_accuracy(fuse(video, attr, float(lam), "softmax"), labels, ks=(1,))["top1"]
-        assert acc == pytest.approx(ref)
-    assert sweep[-1] == pytest.approx(topk_accuracy(video, labels, ks=(1,))["top1"])
+def test_reader_names_the_inconsistent_file(tmp_path):
+    d, *_ = _cache(tmp_path)
+    np.save(d / "labels.npy", np.zeros(5, dtype=np.int64))
+    with pytest.raises(CacheError, match=r"labels\.npy: 5 labels for 30 video ids"):
+        read_cache(d)
+    (d / "attr_scores.npy").unlink()
+    with pytest.raises(CacheError, match=r"attr_scores\.npy: file not found"):
+        read_cache(d)
+    with pytest.raises(CacheError, match="no split cached"):
+        load_score_cache(tmp_path / "no-run")
 
 
 def test_multi_view_cache_reaggregates_views(tmp_path):

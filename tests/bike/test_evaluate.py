@@ -1,19 +1,16 @@
 """bike.evaluate: multi-view aggregation into caches, zero-shot protocols, multi-label mAP, bad videos, CLI."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "engine"))
-from tinyrun import make_dataset, tiny_config  # noqa: E402
-
-import bike.evaluate as evaluate_mod  # noqa: E402
-from bike.engine.caches import half_class_accuracy, read_cache, video_side_scores  # noqa: E402
-from bike.engine.zero_shot import frame_level_scores_np  # noqa: E402
-from bike.metrics import aggregate_views, mean_average_precision, topk_accuracy  # noqa: E402
+import bike.evaluate as evaluate_mod
+from bike.engine.caches import half_class_accuracy, read_cache, video_side_scores
+from bike.engine.zero_shot import frame_level_scores_np
+from bike.metrics import aggregate_views, mean_average_precision, topk_accuracy
+from tests.bike.engine.tinyrun import make_dataset, tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -1,19 +1,16 @@
 """bike.train: end to end on real mp4s, exact resume, few-shot, max_steps, stage 2, the CLI."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent / "engine"))
-from tinyrun import make_dataset, tiny_config  # noqa: E402
-
-import bike.train as train_mod  # noqa: E402
-from bike.engine import train_loop  # noqa: E402
-from bike.engine.checkpoint import load_checkpoint  # noqa: E402
-from bike.engine.logging import read_metrics  # noqa: E402
+import bike.train as train_mod
+from bike.engine import train_loop
+from bike.engine.checkpoint import load_checkpoint
+from bike.engine.logging import read_metrics
+from tests.bike.engine.tinyrun import make_dataset, tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ import yaml
 from harness.expand import code_version, expand, prepare_run_dirs, resolve_source_run
 from harness.rundir import RunDir
 from harness.spec import SpecError, load_spec
-from worldstub import fake_world
+from harness.registry import load_registry
+from tests.harness.worldstub import fake_world
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -139,7 +140,7 @@ def test_table6_plan_shares_runs_and_covers_the_registry(tmp_path):
     assert len({(c.table, c.row, c.column) for c, _ in smoke.cells()}) + len(
         [c for c in smoke.not_run if c.table.startswith("6")]) == len(cell_run) + 2  # + 2 paper-only cells
     assert len(smoke.runs) < len(full.runs)
-    registry = pytest.importorskip("harness.registry").load_registry()
+    registry = load_registry()
     wanted = {(e.table, e.row, e.column) for e in registry.find() if e.table.startswith("6")
               and e.delta_of is None and e.profile != "external"}
     assert wanted - set(cell_run) == set()

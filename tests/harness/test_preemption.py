@@ -6,18 +6,15 @@ import json
 import os
 import re
 import signal
-import sys
 import time
 from pathlib import Path
 
 import submitit
 import torch
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "bike" / "engine"))
-from tinyrun import make_dataset, tiny_config  # noqa: E402
-
-from harness.jobs import RunJob  # noqa: E402
-from harness.rundir import RunDir  # noqa: E402
+from harness.jobs import RunJob
+from harness.rundir import RunDir
+from tests.bike.engine.tinyrun import make_dataset, tiny_config
 
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,9 @@ import yaml
 
 from harness.registry import DEFAULT_PATH, Registry, RegistryError, load_registry
 
-ARXIV_TEXT = Path("/work/shared/seeds/001_b83074b7cc0ea03c.txt")
+# The lines of the paper's arXiv text that the registry cites (each cited line and the next), shipped
+# with the tests: data/paper_lines.json.
+PAPER_LINES = Path(__file__).parent / "data" / "paper_lines.json"
 TABLE6 = ("6a", "6b", "6c", "6d", "6e", "6f", "6g", "6h", "6i")
 
 
@@ -84,16 +87,16 @@ def test_only_the_papers_own_slip_is_inconsistent(reg):
     assert reg.inconsistencies() == ["6i/vit_l14/gain_V: printed gain +0.8 but 86.4 - 85.2 = +1.2"]
 
 
-@pytest.mark.skipif(not ARXIV_TEXT.exists(), reason="paper text not available on this machine")
 def test_every_arxiv_number_is_on_its_cited_line(reg):
-    lines = ARXIV_TEXT.read_text(encoding="utf-8").split("\n")
+    lines = {int(k): v for k, v in json.loads(PAPER_LINES.read_text(encoding="utf-8"))["lines"].items()}
     checked = 0
     for e in reg:
         if e.line is None or not e.source.startswith("arXiv"):
             continue
-        window = " ".join(lines[e.line - 1 : e.line + 1])
+        assert e.line in lines, f"{e.key}: line {e.line} of the paper is not in {PAPER_LINES.name}"
+        window = " ".join(lines[n] for n in (e.line, e.line + 1) if n in lines)
         printed = f"{e.value:.{e.decimals}f}"
-        assert (f"+{printed}" if e.is_gain else printed) in window, (e.key, printed, lines[e.line - 1])
+        assert (f"+{printed}" if e.is_gain else printed) in window, (e.key, printed, lines[e.line])
         if e.std is not None:
             assert f"±{e.std:.{e.std_decimals}f}" in window, e.key
         checked += 1

@@ -197,14 +197,14 @@ def test_structural_errors_list_allowed_fields_without_union_noise(tmp_path):
     assert "InitFromSpec" not in msg and "valid string" not in msg
 
 
-def test_the_readme_worked_example_is_the_shipped_spec():
+def test_the_slurm_docs_worked_example_is_the_shipped_spec():
     import re
 
     import yaml
 
-    readme = (REPO / "README.md").read_text()
-    block = re.search(r"```yaml\n(name: k400_slurm\n.*?)```", readme, re.S)
-    assert block, "README: the worked example (name: k400_slurm) is gone"
+    doc = (REPO / "docs" / "slurm.md").read_text()
+    block = re.search(r"```yaml\n(name: k400_slurm\n.*?)```", doc, re.S)
+    assert block, "docs/slurm.md: the worked example (name: k400_slurm) is gone"
     shipped = REPO / "experiments" / "k400_slurm.yaml"
     assert yaml.safe_load(block.group(1)) == yaml.safe_load(shipped.read_text())
     assert load_spec(shipped).variants.keys() == {"video", "attributes"}

@@ -27,8 +27,8 @@ import cloudpickle
 import pytest
 import submitit
 
-import slurm_jobs
-from slurm_util import PROBE_TIMEOUT_S
+from tests.slurm import slurm_jobs
+from tests.slurm.slurm_util import PROBE_TIMEOUT_S
 
 # The compute node unpickles the job callables without tests/ on its path.
 cloudpickle.register_pickle_by_value(slurm_jobs)

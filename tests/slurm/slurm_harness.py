@@ -3,8 +3,9 @@
 `write_tiny_dataset` writes a handful of real mp4s (three colour classes); `write_spec` writes a
 `full`-scale spec over them (bike-micro with random weights, 2 frames of 32 px, fp32), so no embedded
 world and no pretrained weights are needed. `drive` runs a spec through `harness.table6.run_specs`
-with the SLURM executor; run as a script it does the same in a separate driver process
-(``python slurm_harness.py SPEC RESULTS TRACKING_URI STEP_S``), which a test can kill.
+with the SLURM executor; run as a module it does the same in a separate driver process
+(``python -m tests.slurm.slurm_harness SPEC RESULTS TRACKING_URI STEP_S`` from the repository root),
+which a test can kill.
 """
 
 from __future__ import annotations
@@ -98,10 +99,10 @@ def mlflow_runs_of(tracking_uri: str, run_id: str) -> list[Any]:
 
 
 if __name__ == "__main__":
-    # A driver process of its own: python slurm_harness.py SPEC RESULTS TRACKING_URI STEP_S
+    # A driver process of its own: python -m tests.slurm.slurm_harness SPEC RESULTS TRACKING_URI STEP_S
     import cloudpickle
 
-    import slurm_jobs
+    from tests.slurm import slurm_jobs
 
     cloudpickle.register_pickle_by_value(slurm_jobs)
     spec_arg, results_arg, uri_arg, step_arg = sys.argv[1:5]

@@ -20,13 +20,15 @@ import pytest
 from harness.cli import main as bikebench
 from harness.rundir import RunDir, list_run_dirs
 from harness.spec import ResourceSpec
-from slurm_harness import drive, mlflow_runs_of, write_spec, write_tiny_dataset
-from slurm_jobs import SlowCounterTarget, checkpoint_step, read_starts, uninterrupted_result
-from slurm_util import (PROBE_TIMEOUT_S, SIGNAL_DELAY_S, TIME_LIMIT_MIN, TIMEOUT_STEPS, sacct_state, wait_for,
-                        wait_for_state)
+from tests.slurm.slurm_harness import drive, mlflow_runs_of, write_spec, write_tiny_dataset
+from tests.slurm.slurm_jobs import SlowCounterTarget, checkpoint_step, read_starts, uninterrupted_result
+from tests.slurm.slurm_util import (PROBE_TIMEOUT_S, SIGNAL_DELAY_S, TIME_LIMIT_MIN, TIMEOUT_STEPS, sacct_state,
+                                    wait_for, wait_for_state)
 
 pytestmark = pytest.mark.slurm
 
+#: The repository root: a driver process runs ``python -m tests.slurm.slurm_harness`` from it.
+REPO = Path(__file__).resolve().parents[2]
 #: Seconds a driver process gets to exit after SIGTERM before it is killed.
 DRIVER_EXIT_S = 10
 
@@ -114,8 +116,8 @@ def test_scancel_reads_cancelled_in_status_and_a_rerun_resumes(slurm_cluster, jo
     spec = write_spec(job_dir / "cancel.yaml", "slurm_cancel", tiny_data, {"count": {}}, train={"max_steps": steps})
     results = job_dir / "results"
     # first driver in its own process, as a user's shell would run it
-    driver = subprocess.Popen([sys.executable, str(Path(__file__).parent / "slurm_harness.py"), str(spec), str(results),
-                               tracking_uri, "1.0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    driver = subprocess.Popen([sys.executable, "-m", "tests.slurm.slurm_harness", str(spec), str(results), tracking_uri,
+                               "1.0"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(lambda: len(list_run_dirs(results)) == 1 and _only_run(results).last_submission() is not None,
                  60, "the driver to submit the run")

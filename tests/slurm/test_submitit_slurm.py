@@ -16,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 import pytest
 import torch
 
-from slurm_jobs import (
+from tests.slurm.slurm_jobs import (
     ResumableCounter,
     checkpoint_step,
     heartbeat,
@@ -25,7 +25,7 @@ from slurm_jobs import (
     train_tiny_gathered,
     uninterrupted_result,
 )
-from slurm_util import PROBE_TIMEOUT_S, SIGNAL_DELAY_S, TIME_LIMIT_MIN, TIMEOUT_STEPS, wait_for, wait_for_state
+from tests.slurm.slurm_util import PROBE_TIMEOUT_S, SIGNAL_DELAY_S, TIME_LIMIT_MIN, TIMEOUT_STEPS, wait_for, wait_for_state
 
 pytestmark = pytest.mark.slurm
 
@@ -137,7 +137,7 @@ def test_two_srun_tasks_train_like_one_process(slurm_executor, job_dir: Path) ->
     # (twice) aborted in interpreter teardown, after returning its result ("terminate called without
     # an active exception"); the harness reads result.json, not the exit code, so only that abort is
     # tolerated, and only when the task logs hold nothing else.
-    from slurm_util import sacct_state
+    from tests.slurm.slurm_util import sacct_state
 
     wait_for(lambda: sacct_state(job.job_id).split(" ")[0] not in ("", "PENDING", "RUNNING", "COMPLETING"),
              2 * SETTLE_S, f"job {job.job_id} to end in sacct")

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from harness.tuning import ProblemFactory, open_storage, tune_main
-from slurm_util import PROBE_TIMEOUT_S, wait_for_state
+from tests.slurm.slurm_util import PROBE_TIMEOUT_S, wait_for_state
 
 pytestmark = pytest.mark.slurm
 

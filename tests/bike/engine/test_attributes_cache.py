@@ -1,17 +1,14 @@
 """Attribute generation is cached by video id and reused only when the generator setting matches."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tinyrun import make_dataset, tiny_config  # noqa: E402
-
-import bike.engine.attributes_cache as ac  # noqa: E402
-from bike.engine.datasets import split_records  # noqa: E402
+import bike.engine.attributes_cache as ac
+from bike.engine.datasets import split_records
+from tests.bike.engine.tinyrun import make_dataset, tiny_config
 
 
 @pytest.fixture(scope="module")

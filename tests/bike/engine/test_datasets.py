@@ -1,14 +1,9 @@
 """Run splits: tuning hold-out carved from the training list, few-shot selection."""
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tinyrun import make_dataset, tiny_config  # noqa: E402
-
-from bike.engine.datasets import FEW_SHOT_LIST, split_records, training_records  # noqa: E402
+from bike.engine.datasets import FEW_SHOT_LIST, split_records, training_records
+from tests.bike.engine.tinyrun import make_dataset, tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,13 @@
 """bike.engine.score_reuse: evaluation-only and stage-2 runs read their init run's cached video scores."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tinyrun import make_dataset, tiny_config  # noqa: E402
+from tests.bike.engine.tinyrun import make_dataset, tiny_config  # noqa: E402
 
 import bike.engine.eval_loop as eval_loop  # noqa: E402
 import bike.evaluate as evaluate_mod  # noqa: E402

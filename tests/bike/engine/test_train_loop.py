@@ -2,7 +2,6 @@
 
 import os
 import socket
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +9,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tinyrun import CLASSES, tiny_config  # noqa: E402
-
-from bike.data.dataset import VideoItem  # noqa: E402
-from bike.engine.sampler import TrainSampler  # noqa: E402
+from bike.data.dataset import VideoItem
+from bike.engine.sampler import TrainSampler
+from tests.bike.engine.tinyrun import CLASSES, tiny_config
 
 N_ITEMS, T, S = 8, 2, 32
 

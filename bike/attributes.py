@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bike.backbone import DEFAULT_TEMPLATE, ClipBackbone
+from bike.config import DEFAULT_NUM_ATTRIBUTES
 
 #: Directory of the shipped lexicons.
 LEXICON_DIR: Path = Path(__file__).resolve().parent / "lexicons"
@@ -32,8 +33,6 @@ BUILTIN_LEXICONS: dict[str, Path] = {
 }
 #: Phrases encoded per text-tower call.
 DEFAULT_BATCH_SIZE = 256
-#: Attributes per video in the paper's default sentence.
-DEFAULT_NUM_ATTRIBUTES = 5
 #: Standard deviation of the heads' normal initialisation.
 HEAD_INIT_STD = 0.02
 #: The released code joins attributes with a bare comma.

@@ -31,6 +31,8 @@ import torch
 from open_clip.model import resize_pos_embed, resize_text_pos_embed
 from torch import nn
 
+from bike.config import DEFAULT_PROMPT
+
 log = logging.getLogger(__name__)
 
 #: Directory of the tiny model configs (``bike-tiny``: 64 wide, ``bike-micro``: 32 wide) registered
@@ -39,7 +41,7 @@ MODEL_CONFIG_DIR: Path = Path(__file__).resolve().parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 #: The BIKE category prompt (``ModelConfig.prompt``).
-DEFAULT_TEMPLATE = "This is a video about {}"
+DEFAULT_TEMPLATE = DEFAULT_PROMPT
 
 # Keys OpenAI's TorchScript checkpoints carry that are not parameters.
 _JIT_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")

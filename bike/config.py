@@ -36,6 +36,19 @@ PROFILE_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
+#: The category prompt of the released code (``ModelConfig.prompt``); one source for every module.
+DEFAULT_PROMPT = "This is a video about {}"
+#: Attributes per video in the paper's default sentence (``AttributesConfig.num_attributes``).
+DEFAULT_NUM_ATTRIBUTES = 5
+#: Frames per video of the paper's default recipe (``ModelConfig.frames``; the world renders this many).
+DEFAULT_FRAMES = 8
+
+
+def profile_default(section: str, key: str, profile: Profile = "official") -> Any:
+    """The default of a profile-dependent switch (:data:`PROFILE_DEFAULTS`) for ``profile``."""
+    return PROFILE_DEFAULTS[(section, key)][profile]
+
+
 class DataConfig(_Strict):
     """Where the videos are and how they are read."""
 
@@ -60,16 +73,16 @@ class ModelConfig(_Strict):
 
     backbone: str = "ViT-B-32"
     pretrained: Optional[str] = Field("openai", description="open_clip tag, local checkpoint path, or null (random).")
-    frames: int = Field(8, ge=1)
+    frames: int = Field(DEFAULT_FRAMES, ge=1)
     resolution: int = Field(224, ge=16)
     temporal: Literal["none", "transformer"] = "transformer"
     temporal_layers: int = Field(6, ge=1)
     interaction: Literal["mean", "vcs"] = "vcs"
-    vcs_tokens: Literal["all", "words"] = "all"
+    vcs_tokens: Literal["all", "words"] = profile_default("model", "vcs_tokens")
     vcs_tau: float = Field(0.01, gt=0.0)
     saliency_source: Literal["words", "cls"] = "words"
     recognition_source: Literal["cls", "words"] = "cls"
-    prompt: str = "This is a video about {}"
+    prompt: str = DEFAULT_PROMPT
     finetune_category_encoder: bool = False
     activation_checkpointing: bool = False
 
@@ -79,7 +92,7 @@ class AttributesConfig(_Strict):
 
     enabled: bool = True
     lexicon: str = Field("k400", description="`k400`, `imagenet1k`, `world`, `world_objects` or a path to a text file.")
-    num_attributes: int = Field(5, ge=1)
+    num_attributes: int = Field(DEFAULT_NUM_ATTRIBUTES, ge=1)
     max_attributes: int = Field(10, ge=1, description="How many ranked phrases are cached per video.")
     generator_backbone: Optional[str] = Field(None, description="Frozen CLIP that ranks the lexicon (default: model.backbone).")
     generator_pretrained: Optional[str] = None
@@ -102,12 +115,12 @@ class FusionConfig(_Strict):
     """S = lam * S_V + (1 - lam) * S_A (Eq. 4)."""
 
     lam: Optional[float] = Field(None, ge=0.0, le=1.0, description="null: 0.6 for ViT-B, 0.8 for ViT-L (paper).")
-    transform: Literal["softmax", "cosine"] = "softmax"
+    transform: Literal["softmax", "cosine"] = profile_default("fusion", "transform")
 
 
 class LossConfig(_Strict):
-    form: Literal["soft_kl", "ce"] = "soft_kl"
-    learn_logit_scale: bool = True
+    form: Literal["soft_kl", "ce"] = profile_default("loss", "form")
+    learn_logit_scale: bool = profile_default("loss", "learn_logit_scale")
     tau: float = Field(0.01, gt=0.0, description="Initial (or fixed) temperature; logit scale = 1/tau.")
     target_scale: float = Field(10.0, gt=0.0, description="soft_kl target = softmax(target_scale * G).")
 
@@ -139,7 +152,7 @@ class TrainConfig(_Strict):
 class EvalConfig(_Strict):
     clips: int = Field(1, ge=1)
     crops: Literal[1, 3] = 1
-    single_view_frame: Literal["first", "centre"] = "first"
+    single_view_frame: Literal["first", "centre"] = profile_default("eval", "single_view_frame")
     view_aggregation: Literal["softmax_mean", "logit_mean"] = "softmax_mean"
     protocol: Literal["closed", "zero_shot_half", "zero_shot_full", "zero_shot_k600", "multi_label"] = "closed"
     zero_shot_path: Literal["frame", "full"] = "frame"

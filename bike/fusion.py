@@ -20,8 +20,12 @@ from typing import Literal, Optional, TypeVar
 
 import numpy as np
 
+from bike.config import profile_default
+
 Scores = TypeVar("Scores", "torch.Tensor", np.ndarray)  # noqa: F821  (torch is not imported here: bike.metrics uses softmax)
 TRANSFORMS = ("softmax", "cosine")
+#: The transform of the ``official`` profile (``FusionConfig.transform``'s default; ``paper``: cosine).
+DEFAULT_TRANSFORM: str = profile_default("fusion", "transform")
 ScoreKind = Literal["logits", "probabilities"]
 SCORE_KINDS = ("logits", "probabilities")
 #: Softmax temperature of the released code's fusion.
@@ -75,7 +79,7 @@ def check_transform(kind: str, score_kind: ScoreKind = "logits") -> None:
 
 def score_transform(
     s: Scores,
-    kind: str = "softmax",
+    kind: str = DEFAULT_TRANSFORM,
     temperature: float = SOFTMAX_TEMPERATURE,
     *,
     score_kind: ScoreKind = "logits",
@@ -119,7 +123,7 @@ def fuse(
     s_v: Scores,
     s_a: Scores,
     lam: float,
-    transform: str = "softmax",
+    transform: str = DEFAULT_TRANSFORM,
     *,
     kind_v: ScoreKind = "logits",
     kind_a: ScoreKind = "logits",

@@ -134,10 +134,6 @@ def code_version(root: Optional[str] = None) -> dict[str, Any]:
     return {"commit": commit.strip(), "dirty": None if status is None else bool(status.strip())}
 
 
-# What the smoke scale feeds the tiny CLIP when the world does not say (its pretraining input).
-WORLD_DEFAULT_FRAMES = 8
-WORLD_DEFAULT_RESOLUTION = 64
-
 
 def bike_world(root: str | Path, size: Optional[str] = None, seed: Optional[int] = None, build: bool = True,
                log: Optional[Callable[[str], None]] = None) -> WorldProvider:
@@ -178,8 +174,8 @@ def bike_world(root: str | Path, size: Optional[str] = None, seed: Optional[int]
             "checkpoint": str(info.checkpoint),
             "model": str(getattr(info, "model_name", "bike-tiny")),
             "root": str(root),
-            "frames": getattr(info, "frames", WORLD_DEFAULT_FRAMES),
-            "resolution": getattr(info, "resolution", WORLD_DEFAULT_RESOLUTION),
+            "frames": info.frames,
+            "resolution": info.resolution,
             # the world's lexicons, by the names specs use (`attributes.lexicon: world`)
             "lexicons": {name: str(path) for name, path in getattr(info, "lexicons", {}).items()},
             # what makes two worlds give the same numbers (seed, config hash, checkpoint SHA-256)

@@ -29,7 +29,7 @@ from typing import Literal, Optional, Sequence
 
 import numpy as np
 
-from bike.fusion import CHUNK_ELEMENTS, ScoreKind, score_transform
+from bike.fusion import CHUNK_ELEMENTS, DEFAULT_TRANSFORM, ScoreKind, score_transform
 
 Transform = Optional[Literal["softmax", "cosine", "none"]]
 Metric = Literal["top1", "mean_class"]
@@ -40,7 +40,7 @@ DEFAULT_CHUNK_ELEMENTS = CHUNK_ELEMENTS
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-def transform_scores(scores: np.ndarray, transform: Transform = "softmax", score_kind: ScoreKind = "logits") -> np.ndarray:
+def transform_scores(scores: np.ndarray, transform: Transform = DEFAULT_TRANSFORM, score_kind: ScoreKind = "logits") -> np.ndarray:
     """``T(scores)`` in float64 through :func:`bike.fusion.score_transform` (the fusion every path uses).
 
     Args:
@@ -195,7 +195,7 @@ class LambdaCurve:
     values: np.ndarray
     point_values: np.ndarray
     metric: str = "top1"
-    transform: Optional[str] = "softmax"
+    transform: Optional[str] = DEFAULT_TRANSFORM
     n: int = 0
     #: Values within this of the maximum count as optimal (float sums of per-video weights).
     tol: float = field(default=1e-12, repr=False)
@@ -341,7 +341,7 @@ def exact_lambda_curve(
     s_v: np.ndarray,
     s_a: np.ndarray,
     labels: np.ndarray,
-    transform: Transform = "softmax",
+    transform: Transform = DEFAULT_TRANSFORM,
     metric: Metric = "top1",
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
 ) -> LambdaCurve:
@@ -498,7 +498,7 @@ class CandidateFusion:
         s_v: np.ndarray,
         s_a: np.ndarray,
         labels: np.ndarray,
-        transform: Transform = "softmax",
+        transform: Transform = DEFAULT_TRANSFORM,
         dtype: type = np.float32,
         rel_tol: float = 64.0,
         chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,

@@ -13,6 +13,7 @@ with the seed keys the built data and the pretrained checkpoint. ``SIZES`` holds
 
 from __future__ import annotations
 
+from bike.config import DEFAULT_FRAMES, DEFAULT_PROMPT
 from bike.numerics import NUMERICS_VERSION
 
 import hashlib
@@ -138,8 +139,8 @@ class WorldConfig:
     pretrain_holdout_novel: bool = True
     pretrain_threads: int = 1
     # what a BIKE run on this world uses
-    model_frames: int = 8
-    prompt: str = "This is a video about {}"
+    model_frames: int = DEFAULT_FRAMES
+    prompt: str = DEFAULT_PROMPT
     generator_version: int = field(default=GENERATOR_VERSION)
     #: bike.data.video_io.ENCODER_VERSION: the codec settings the videos are written with.
     encoder_version: int = field(default=ENCODER_VERSION)

@@ -25,7 +25,7 @@ from bike.engine.caches import (
     join_score_caches,
     load_score_cache,
 )
-from bike.fusion import check_transform, combine
+from bike.fusion import DEFAULT_TRANSFORM, check_transform, combine
 from harness.lambda_exact import CandidateFusion, LambdaCurve, exact_lambda_curve, transform_scores
 from harness.tuning.sentences import AttributeScorer, EngineTextSideFactory, SentenceEmbeddingCache, TextSideFactory
 from harness.tuning.spec import FloatRange, IntRange, SearchSpace, SweepSpec, SweepSpecError
@@ -51,7 +51,7 @@ class FusionProblem:
         self,
         cache: ScoreCache,
         metric: str = "top1",
-        default_transform: str = "softmax",
+        default_transform: str = DEFAULT_TRANSFORM,
         scorer: Optional[AttributeScorer] = None,
     ):
         if cache.labels.ndim != 1:

@@ -276,9 +276,14 @@ class AttributesBranch(nn.Module):
             return _encode_texts(backbone, texts, batch_size)
 
     def forward(self, sentence_emb: torch.Tensor, class_emb: torch.Tensor) -> torch.Tensor:
-        """Cosine scores ``[N, K]`` of sentence embeddings ``[N, D]`` and class embeddings ``[K, D]``."""
+        """Cosine scores ``[N, K]`` of sentence embeddings ``[N, D]`` and class embeddings ``[K, D]``.
+
+        With trained heads, both sides are L2-normalised before the heads, as in the released code
+        (which normalises the text embeddings and then applies ``sentence_fc`` / ``query_fc``), and the
+        heads' outputs are normalised again for the cosine.
+        """
         if self.heads is not None:
-            sentence_emb, class_emb = self.heads(sentence_emb, class_emb)
+            sentence_emb, class_emb = self.heads(F.normalize(sentence_emb, dim=-1), F.normalize(class_emb, dim=-1))
         return F.normalize(sentence_emb, dim=-1) @ F.normalize(class_emb, dim=-1).t()
 
     def score(

@@ -65,7 +65,9 @@ class DataConfig(_Strict):
     bad_video_threshold: float = Field(0.01, ge=0.0, le=1.0, description="Training fails past this share of bad videos.")
     skip_bad_eval: bool = Field(False, description="Evaluation skips (and reports) bad videos instead of failing.")
     multi_label: bool = False
-    tuning_holdout: float = Field(0.1, ge=0.0, lt=1.0, description="Share of the training list held out for tuning.")
+    tuning_holdout: float = Field(0.0, ge=0.0, lt=1.0, description=(
+        "Share of the training list held out for tuning (the `tune` split). 0: train on the whole list, as the "
+        "paper and the released code do; set it only on a run that is tuned on (the smoke scale sets 0.1)."))
 
 
 class ModelConfig(_Strict):
@@ -111,10 +113,17 @@ class AttributesConfig(_Strict):
         return self
 
 
+#: λ of the released code's fusion (hard-coded 0.7 video / 0.3 attributes): the ``official`` profile's.
+OFFICIAL_LAMBDA = 0.7
+#: λ the paper's text gives per backbone family: the ``paper`` profile's.
+PAPER_LAMBDA = {"ViT-B": 0.6, "ViT-L": 0.8}
+
+
 class FusionConfig(_Strict):
     """S = lam * S_V + (1 - lam) * S_A (Eq. 4)."""
 
-    lam: Optional[float] = Field(None, ge=0.0, le=1.0, description="null: 0.6 for ViT-B, 0.8 for ViT-L (paper).")
+    lam: Optional[float] = Field(None, ge=0.0, le=1.0, description=(
+        "null: the profile's λ — official 0.7 (released code), paper 0.6 for ViT-B and 0.8 for ViT-L (the text)."))
     transform: Literal["softmax", "cosine"] = profile_default("fusion", "transform")
 
 
@@ -209,10 +218,14 @@ class RunConfig(_Strict):
     # ------------------------------------------------------------------ derived values
     @property
     def fusion_lambda(self) -> float:
-        """λ: the field, else the paper's 0.8 for ViT-L backbones and 0.6 otherwise."""
+        """λ: the field when set; else the profile's: ``official`` 0.7 (the released code's fusion is
+        hard-coded to 0.7 / 0.3), ``paper`` 0.8 for ViT-L backbones and 0.6 otherwise (the text)."""
         if self.fusion.lam is not None:
             return self.fusion.lam
-        return 0.8 if "L-14" in self.model.backbone or "L/14" in self.model.backbone else 0.6
+        if self.profile == "official":
+            return OFFICIAL_LAMBDA
+        large = "L-14" in self.model.backbone or "L/14" in self.model.backbone
+        return PAPER_LAMBDA["ViT-L"] if large else PAPER_LAMBDA["ViT-B"]
 
     @property
     def short_side(self) -> int:

@@ -97,16 +97,18 @@ def centre_crop_box(height: int, width: int, size: int) -> tuple[int, int, int, 
 def three_crop_boxes(height: int, width: int, size: int) -> dict[str, tuple[int, int, int, int]]:
     """The official 3-crop test views (TSN ``GroupFullResSample`` without flips) as (top, left, h, w).
 
-    With ``step = (long - size) // 4``: "left" at 0, "right" at ``4 * step``, "centre" at
-    ``2 * step`` along the long side; left/right lie at offset 0 of the short side and the centre at
-    ``2 * ((short - size) // 4)``. Landscape frames match the official code exactly; for portrait
-    frames the roles of the axes are swapped (top / centre / bottom) where the official code would
-    take the top-left square twice.
+    With ``w_step = (width - size) // 4`` and ``h_step = (height - size) // 4``, the released code
+    places all three crops at ``y = 2 * h_step`` on the short side and at ``x = 0`` ("left"),
+    ``4 * w_step`` ("right") and ``2 * w_step`` ("centre") along the long side. Landscape frames match
+    it exactly; for portrait frames the roles of the axes are swapped (top / bottom / centre at
+    ``x = 2 * w_step``) where the released code would take the same square three times.
     """
     _check_fits(height, width, size)
     w_step, h_step = (width - size) // 4, (height - size) // 4
-    right = (0, 4 * w_step) if width >= height else (4 * h_step, 0)
-    offsets = {"left": (0, 0), "right": right, "centre": (2 * h_step, 2 * w_step)}
+    if width >= height:
+        offsets = {"left": (2 * h_step, 0), "right": (2 * h_step, 4 * w_step), "centre": (2 * h_step, 2 * w_step)}
+    else:
+        offsets = {"left": (0, 2 * w_step), "right": (4 * h_step, 2 * w_step), "centre": (2 * h_step, 2 * w_step)}
     return {k: (t, l, size, size) for k, (t, l) in offsets.items()}
 
 

@@ -166,9 +166,18 @@ def test_untrained_branch_is_plain_text_tower_cosine(tiny):
 
 def test_trained_branch_applies_heads_and_learns(tiny, rng):
     branch = AttributesBranch(64, trained=True)
-    sent, cls = torch.randn(3, 64, generator=rng), torch.randn(4, 64, generator=rng)
-    expected = _cos_matrix(branch.heads.sentence_head(sent).detach(), branch.heads.class_head(cls).detach())
+    with torch.no_grad():  # trained biases: without them the input norm would cancel in the cosine
+        for p in branch.heads.parameters():
+            if p.dim() == 1:
+                p.normal_(0, 0.5, generator=rng)
+    sent, cls = 5 * torch.randn(3, 64, generator=rng), 3 * torch.randn(4, 64, generator=rng)
+    # the released code: text embeddings L2-normalised, then sentence_fc / query_fc
+    # (Linear-ReLU-Linear), then normalised again for the cosine
+    s_n, c_n = sent / sent.norm(dim=-1, keepdim=True), cls / cls.norm(dim=-1, keepdim=True)
+    expected = _cos_matrix(branch.heads.sentence_head(s_n).detach(), branch.heads.class_head(c_n).detach())
     torch.testing.assert_close(branch(sent, cls), expected, atol=1e-5, rtol=1e-5)
+    unnormalised = _cos_matrix(branch.heads.sentence_head(sent).detach(), branch.heads.class_head(cls).detach())
+    assert (branch(sent, cls) - unnormalised).abs().max() > 1e-3  # the normalisation matters
     scores = branch.score(tiny, [PHRASES[:2]] * 2, ["a", "b"])
     scores.sum().backward()
     assert all(p.grad is not None for p in branch.parameters())

@@ -52,11 +52,25 @@ def test_test_transform_shapes_and_centre_crop_content():
     np.testing.assert_allclose(px.numpy(), cols[48:80].astype(np.float32), atol=0.5)
 
 
-def test_three_crops_follow_the_official_layout():
-    boxes = three_crop_boxes(256, 341, 224)  # w_step = (341-224)//4 = 29, h_step = 8
-    assert boxes == {"left": (0, 0, 224, 224), "right": (0, 116, 224, 224), "centre": (16, 58, 224, 224)}
-    portrait = three_crop_boxes(341, 256, 224)
-    assert portrait["left"][:2] == (0, 0) and portrait["right"][:2] == (116, 0)
+def _released_full_res_offsets(image_w: int, image_h: int, crop: int) -> list[tuple[int, int]]:
+    """TSN ``GroupFullResSample.__call__`` of the released code, without flips: (x, y) offsets in its
+    order left, right, centre."""
+    w_step = (image_w - crop) // 4
+    h_step = (image_h - crop) // 4
+    return [(0 * w_step, 2 * h_step), (4 * w_step, 2 * h_step), (2 * w_step, 2 * h_step)]
+
+
+@pytest.mark.parametrize("h,w,crop", [(256, 341, 224), (256, 455, 224), (336, 448, 336), (64, 85, 56), (224, 224, 224)])
+def test_three_crops_follow_the_released_layout(h, w, crop):
+    boxes = three_crop_boxes(h, w, crop)
+    ref = _released_full_res_offsets(w, h, crop)
+    assert [(boxes[k][1], boxes[k][0]) for k in ("left", "right", "centre")] == ref
+    assert all(b[2:] == (crop, crop) for b in boxes.values())
+
+
+def test_three_crops_of_portrait_frames_swap_the_axes():
+    boxes = three_crop_boxes(341, 256, 224)  # h_step 29, w_step 8
+    assert boxes == {"left": (0, 16, 224, 224), "right": (116, 16, 224, 224), "centre": (58, 16, 224, 224)}
     assert centre_crop_box(256, 341, 224) == (16, 58, 224, 224)
     frames = np.zeros((2, 64, 128, 3), np.uint8)
     frames[..., :64, :] = 200  # left half bright

@@ -23,6 +23,7 @@ from torch import nn
 
 from bike.backbone import DEFAULT_TEMPLATE, ClipBackbone
 from bike.config import DEFAULT_NUM_ATTRIBUTES
+from bike.text import DEFAULT_SEPARATOR, attribute_sentence
 
 #: Directory of the shipped lexicons.
 LEXICON_DIR: Path = Path(__file__).resolve().parent / "lexicons"
@@ -35,8 +36,6 @@ BUILTIN_LEXICONS: dict[str, Path] = {
 DEFAULT_BATCH_SIZE = 256
 #: Standard deviation of the heads' normal initialisation.
 HEAD_INIT_STD = 0.02
-#: The released code joins attributes with a bare comma.
-DEFAULT_SEPARATOR = ","
 
 
 # ------------------------------------------------------------------------------------ lexicons
@@ -171,24 +170,6 @@ def generate_attributes(
     idx, sims = rank_lexicon(vid, lex, max_k)
     ranked = [[phrases[i] for i in row] for row in idx.tolist()]
     return (ranked, sims) if return_scores else ranked
-
-
-def attribute_sentence(
-    phrases: Sequence[str],
-    k: int = DEFAULT_NUM_ATTRIBUTES,
-    prompt: str = DEFAULT_TEMPLATE,
-    separator: str = DEFAULT_SEPARATOR,
-    use_prompt: bool = True,
-) -> str:
-    """The attribute sentence: ``prompt`` filled with the top-``k`` phrases joined by ``separator``.
-
-    ``attribute_sentence(["juggling soccer ball", "running on the grass", "shooting goal"], 3)`` ->
-    ``"This is a video about juggling soccer ball,running on the grass,shooting goal"``.
-    """
-    if k < 1:
-        raise ValueError(f"attribute_sentence: k={k}; expected >= 1")
-    joined = separator.join(phrases[:k])
-    return prompt.format(joined) if use_prompt else joined
 
 
 # ------------------------------------------------------------------------------------ recognition

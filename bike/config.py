@@ -40,6 +40,10 @@ PROFILE_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
 DEFAULT_PROMPT = "This is a video about {}"
 #: Attributes per video in the paper's default sentence (``AttributesConfig.num_attributes``).
 DEFAULT_NUM_ATTRIBUTES = 5
+#: The attribute encoder of appendix A.2: "the text encoder of CLIP ViT-B/32" for every backbone.
+ATTRIBUTE_TEXT_ENCODER = "ViT-B-32"
+#: The attribute generator of appendix A.2 (full scale): CLIP ViT-L/14, 8 frames.
+ATTRIBUTE_GENERATOR = "ViT-L-14"
 #: Frames per video of the paper's default recipe (``ModelConfig.frames``; the world renders this many).
 DEFAULT_FRAMES = 8
 
@@ -79,6 +83,7 @@ class ModelConfig(_Strict):
     resolution: int = Field(224, ge=16)
     temporal: Literal["none", "transformer"] = "transformer"
     temporal_layers: int = Field(6, ge=1)
+    temporal_ln_eps: float = Field(1e-12, gt=0.0, description="LayerNorm ε of the temporal transformer (released code: 1e-12).")
     interaction: Literal["mean", "vcs"] = "vcs"
     vcs_tokens: Literal["all", "words"] = profile_default("model", "vcs_tokens")
     vcs_tau: float = Field(0.01, gt=0.0)
@@ -96,13 +101,24 @@ class AttributesConfig(_Strict):
     lexicon: str = Field("k400", description="`k400`, `imagenet1k`, `world`, `world_objects` or a path to a text file.")
     num_attributes: int = Field(DEFAULT_NUM_ATTRIBUTES, ge=1)
     max_attributes: int = Field(10, ge=1, description="How many ranked phrases are cached per video.")
-    generator_backbone: Optional[str] = Field(None, description="Frozen CLIP that ranks the lexicon (default: model.backbone).")
+    generator_backbone: Optional[str] = Field(None, description=(
+        "Frozen CLIP that ranks the lexicon (null: model.backbone; the full scale sets ViT-L-14, appendix A.2)."))
     generator_pretrained: Optional[str] = None
+    text_encoder: str = Field(ATTRIBUTE_TEXT_ENCODER, description=(
+        "CLIP whose text tower encodes attribute sentences and class names for the attributes branch: the text "
+        "tower of ViT-B/32 for every backbone (appendix A.2). The run's own text tower when it is the same model "
+        "and weights as model.backbone / model.pretrained; else a separate frozen one."))
+    text_encoder_pretrained: Optional[str] = Field("openai", description="Weights of text_encoder (tag or file).")
     separator: str = ","
     prompt_attributes: bool = True
     prompt_categories: bool = True
     train: bool = Field(False, description="Stage 2: train the attribute heads after the video branch.")
     finetune_text_tower: bool = False
+
+    def shares_text_tower(self, model: "ModelConfig") -> bool:
+        """Whether the attribute text encoder is the run's own text tower (same model, same weights)."""
+        return (self.text_encoder.replace("/", "-") == model.backbone.replace("/", "-")
+                and self.text_encoder_pretrained == model.pretrained)
 
     @model_validator(mode="after")
     def _k_within_cache(self) -> "AttributesConfig":
@@ -226,6 +242,16 @@ class RunConfig(_Strict):
             return OFFICIAL_LAMBDA
         large = "L-14" in self.model.backbone or "L/14" in self.model.backbone
         return PAPER_LAMBDA["ViT-L"] if large else PAPER_LAMBDA["ViT-B"]
+
+    @model_validator(mode="after")
+    def _text_tower_finetune_needs_the_shared_tower(self) -> "RunConfig":
+        if self.attributes.finetune_text_tower and not self.attributes.shares_text_tower(self.model):
+            raise ValueError(
+                f"attributes.finetune_text_tower needs the attribute encoder to be the run's own text tower, but "
+                f"attributes.text_encoder={self.attributes.text_encoder!r} ({self.attributes.text_encoder_pretrained!r}) "
+                f"differs from model.backbone={self.model.backbone!r} ({self.model.pretrained!r})"
+            )
+        return self
 
     @property
     def short_side(self) -> int:

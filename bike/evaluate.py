@@ -8,18 +8,24 @@ splits, mean ± population std), ``zero_shot_k600`` (split files). Views: ``eval
 
 ``run(config, run_dir)`` writes ``config.yaml``, ``log.txt``, ``metrics.jsonl``, ``cache/<split>/`` and
 ``result.json``, and returns the stored result when ``result.json`` already says done.
+
+``load_run_model(run_dir)`` gives a finished run's model, built and loaded as the engine does, for
+inference outside the engine.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, NamedTuple, Optional, Sequence
 
 from bike.config import RunConfig
 from bike.distributed import barrier, init_distributed
 from bike.engine import runner
 from bike.engine.logging import RunLogger
+
+if TYPE_CHECKING:
+    from bike.engine.model import BikeModel
 
 
 @runner.with_numerics
@@ -82,6 +88,55 @@ def run(
         return runner.write_result(run_dir, payload)
     finally:
         logger.close()
+
+
+class RunModel(NamedTuple):
+    """What :func:`load_run_model` returns: the model (eval mode), the run's config, the weights loaded."""
+
+    model: "BikeModel"
+    config: RunConfig
+    weights: Optional[Path]
+
+
+def load_run_model(
+    run_dir: str | Path,
+    device: str = "cpu",
+    class_names: Optional[Sequence[str]] = None,
+    config: Optional[RunConfig] = None,
+) -> RunModel:
+    """A finished run's model, ready for inference, built the way the engine builds it.
+
+    The config is the run's ``config.yaml`` (unless ``config`` is given); the model is built for
+    ``class_names`` (default: the config's class file, as evaluation) after seeding with the run's
+    seed, as evaluation does; the weights are the run's ``checkpoints/best.pt``, else its
+    ``checkpoints/latest.pt``, else the config's ``init_from`` (what an evaluation run loads), else
+    none (the pretrained CLIP as it is). The model is returned in eval mode on ``device``:
+    ``model(clips)`` gives the unscaled video-branch logits ``[B, K]`` that ``cache/<split>/`` stores.
+    """
+    import torch
+
+    from bike.engine.checkpoint import load_checkpoint, resolve_init_checkpoint
+    from bike.engine.datasets import class_names as config_class_names
+    from bike.engine.train_loop import reseed
+    from bike.rundir import CONFIG_FILE, run_checkpoint
+
+    run_dir = Path(run_dir)
+    if config is None:
+        path = run_dir / CONFIG_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not found; expected a run directory written by bike.train or bike.evaluate")
+        config = RunConfig.from_yaml(path)
+    torch_device = torch.device(device)
+    names = list(class_names) if class_names is not None else config_class_names(config)
+    reseed(config.seed)  # as evaluation does before building (matters for random initialisation only)
+    model = runner.build_model(config, names, torch_device)
+    weights = run_checkpoint(run_dir)
+    if weights is None and config.init_from:
+        weights = resolve_init_checkpoint(config.init_from)
+    if weights is not None:
+        model.load_weights(load_checkpoint(weights, map_location=torch_device)["model"], str(weights))
+    model.eval()
+    return RunModel(model, config, weights)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

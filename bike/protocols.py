@@ -19,6 +19,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from bike.data.lists import ListFormatError, VideoRecord, format_label
+from bike.rundir import atomic_write_text
 
 PathLike = Union[str, os.PathLike]
 
@@ -91,12 +92,7 @@ def write_video_list(records: Sequence[VideoRecord], path: PathLike, root: PathL
             lines.append(f"{rel} {label} {r.start!r} {r.end!r}")
         else:
             lines.append(f"{rel} {label}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in lines))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
 def holdout_split(
@@ -159,8 +155,10 @@ def k600_splits(
     class_names: Optional[Sequence[str]] = None,
     split_size: Optional[int] = None,
 ) -> list[np.ndarray]:
-    """Read the K600 zero-shot split files (one class name or index per line) -> sorted index arrays.
+    """Read the K600 zero-shot split files -> sorted index arrays into ``class_names``.
 
+    A line is a class name or a class index, or ``<split id>,<class name>`` as in the released
+    ``k160_labels_split{1,2,3}.csv`` (whose ``id,name`` header is skipped; the name is what counts).
     Names are looked up in ``class_names`` (exact match, then case-insensitive); indices must be in
     range. ``split_size`` (160 in the paper) checks every split's size when given.
     """
@@ -179,8 +177,11 @@ def k600_splits(
         seen: dict[int, int] = {}
         for lineno, line in enumerate(lines, start=1):
             entry = line.strip()
-            if not entry or entry.startswith("#"):
+            if not entry or entry.startswith("#") or (lineno == 1 and entry.replace(" ", "").lower() == "id,name"):
                 continue
+            head, sep, tail = entry.partition(",")
+            if sep and head.strip().isdigit() and tail.strip():  # released CSV: "<id within the split>,<name>"
+                entry = tail.strip()
             if entry.isdigit():
                 idx = int(entry)
                 if num is not None and idx >= num:

@@ -32,6 +32,10 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
+#: LayerNorm ε of the released video head (``TemporalTransformer`` in the authors' code).
+RELEASED_LN_EPS = 1e-12
+
+
 class LayerNorm(nn.LayerNorm):
     """LayerNorm computed in float32 (safe under fp16/bf16 autocast), cast back to the input dtype."""
 
@@ -44,11 +48,11 @@ class LayerNorm(nn.LayerNorm):
 class ResidualAttentionBlock(nn.Module):
     """Pre-LN block: ``x + attn(ln_1(x))`` then ``x + mlp(ln_2(x))``; input and output ``[B, T, D]``."""
 
-    def __init__(self, width: int, heads: int) -> None:
+    def __init__(self, width: int, heads: int, ln_eps: float = RELEASED_LN_EPS) -> None:
         super().__init__()
-        self.ln_1 = LayerNorm(width)
+        self.ln_1 = LayerNorm(width, eps=ln_eps)
         self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
-        self.ln_2 = LayerNorm(width)
+        self.ln_2 = LayerNorm(width, eps=ln_eps)
         self.mlp = nn.Sequential(
             OrderedDict(
                 c_fc=nn.Linear(width, width * MLP_RATIO),
@@ -71,20 +75,23 @@ class TemporalTransformer(nn.Module):
         layers: number of residual attention blocks (6 in BIKE).
         heads: attention heads; default ``max(1, width // 64)``.
         max_len: rows of the learned position embedding (the most frames it accepts).
+        ln_eps: ε of the LayerNorms: the released video head's 1e-12 (its TemporalTransformer's
+            LayerNorm), not PyTorch's default 1e-5.
 
     Initialisation as in the released code: linear layers (attention output projection and MLP) and
     the position embedding normal(0, 0.02), their biases zero, LayerNorms (1, 0); the attention input
     projection keeps PyTorch's default (Xavier-uniform weight, zero bias).
     """
 
-    def __init__(self, width: int, layers: int = 6, heads: Optional[int] = None, max_len: int = DEFAULT_MAX_LEN):
+    def __init__(self, width: int, layers: int = 6, heads: Optional[int] = None, max_len: int = DEFAULT_MAX_LEN,
+                 ln_eps: float = RELEASED_LN_EPS):
         super().__init__()
         heads = max(1, width // HEAD_WIDTH) if heads is None else heads
         if width % heads:
             raise ValueError(f"TemporalTransformer: width {width} is not divisible by heads {heads}")
         self.width, self.layers, self.heads, self.max_len = width, layers, heads, max_len
         self.position_embedding = nn.Embedding(max_len, width)
-        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads) for _ in range(layers)])
+        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, ln_eps) for _ in range(layers)])
         self.apply(_init_weights)
 
     def blocks(self, x: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from torch import nn
 
 from bike.backbone import TextFeatures
 from bike.saliency import DEFAULT_TAU, video_concept_spotting
-from bike.temporal import DEFAULT_MAX_LEN, TemporalTransformer, mean_pool
+from bike.temporal import DEFAULT_MAX_LEN, RELEASED_LN_EPS, TemporalTransformer, mean_pool
 
 _CHOICES = {
     "temporal": ("none", "transformer"),
@@ -60,6 +60,7 @@ class VideoBranch(nn.Module):
         recognition_source: str = "cls",
         max_frames: int = DEFAULT_MAX_LEN,
         temporal_heads: Optional[int] = None,
+        temporal_ln_eps: float = RELEASED_LN_EPS,
     ) -> None:
         super().__init__()
         args = dict(
@@ -81,7 +82,8 @@ class VideoBranch(nn.Module):
         self.saliency_source = saliency_source
         self.recognition_source = recognition_source
         self.temporal: Optional[TemporalTransformer] = (
-            TemporalTransformer(width, layers=temporal_layers, heads=temporal_heads, max_len=max_frames)
+            TemporalTransformer(width, layers=temporal_layers, heads=temporal_heads, max_len=max_frames,
+                                ln_eps=temporal_ln_eps)
             if temporal == "transformer"
             else None
         )
@@ -98,6 +100,7 @@ class VideoBranch(nn.Module):
             vcs_tau=model_cfg.vcs_tau,
             saliency_source=model_cfg.saliency_source,
             recognition_source=model_cfg.recognition_source,
+            temporal_ln_eps=model_cfg.temporal_ln_eps,
         )
 
     def encode_video(self, frame_emb: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,6 @@ such as GFLOPs) or ``both`` (any change beyond the tolerance is a regression).
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import math
@@ -43,18 +42,19 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, Optional, Sequence, TextIO, Union
+from typing import Any, Literal, Mapping, Optional, Sequence, TextIO, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from harness.registry import Registry, cell_key, load_registry
+# The cells live in harness.cells (shared with harness.tables); re-exported for ``from harness.check import``.
+from harness.cells import FULL_SCALE, CheckError, ResultCell, coerce_results, derive_gain_cells  # noqa: F401
+from harness.registry import Registry, load_registry
 
 DEFAULT_RESULTS = Path("results/table6_results.json")
 DEFAULT_BASELINE = Path("results/baselines/table6_smoke.json")
 DEFAULT_PAPER_TOLERANCE = 0.5  # points: the paper prints one decimal; a full-scale rerun should land within it
 DEFAULT_BASELINE_TOLERANCE = 1.0  # points: CPU nondeterminism of smoke runs (thread scheduling, BLAS order)
-FULL_SCALE = "full"
 BASELINE_SCHEMA = "bikebench.baseline/1"
 #: A blessed cell's tolerance is this many standard deviations of its value over training seeds.
 SPREAD_K = 2.0
@@ -65,57 +65,6 @@ Direction = Literal["decrease", "increase", "both"]
 Status = Literal["ok", "regression", "improved", "missing", "no_reference"]
 STATUSES: tuple[Status, ...] = ("ok", "regression", "improved", "missing", "no_reference")
 LOWER_IS_BETTER = frozenset({"gflops_per_view", "params_m"})
-
-
-class CheckError(ValueError):
-    """Unusable input (results, baseline or tolerance file); the message names the file and field."""
-
-
-# ---------------------------------------------------------------------------------------------- cells
-class ResultCell(BaseModel):
-    """One number of ours for one paper cell. Extra fields (e.g. ``n_videos``) are kept."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    table: str
-    row: str = Field(min_length=1)
-    column: str = Field(min_length=1)
-    value: float
-    std: Optional[float] = Field(None, ge=0)
-    scale: Optional[str] = None
-    run_id: Optional[str] = None
-    metric: Optional[str] = None
-    variant: Optional[str] = None
-    derived: bool = False
-
-    @field_validator("table", mode="before")
-    @classmethod
-    def _table_str(cls, v: Any) -> Any:
-        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
-
-    @field_validator("value")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError(f"must be a finite number, got {v}")
-        return v
-
-    @field_validator("row", "column", "variant")
-    @classmethod
-    def _no_separators(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and any(ch in v for ch in "/#"):
-            raise ValueError(f"must not contain '/' or '#', got {v!r}")
-        return v
-
-    @property
-    def paper_key(self) -> str:
-        """``table/row/column``: the registry cell this result stands beside."""
-        return cell_key(self.table, self.row, self.column)
-
-    @property
-    def key(self) -> str:
-        """``table/row/column[#variant]``: unique per result."""
-        return self.paper_key + (f"#{self.variant}" if self.variant else "")
 
 
 ResultsLike = Union[str, Path, Sequence[Union[ResultCell, Mapping[str, Any]]]]
@@ -132,38 +81,6 @@ def _read_structured(path: Path) -> Any:
         return json.loads(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise CheckError(f"{path}: not valid {'YAML' if path.suffix.lower() in ('.yaml', '.yml') else 'JSON'}: {exc}") from None
-
-
-def coerce_results(cells: Iterable[Union[ResultCell, Mapping[str, Any]]], source: str = "<results>", scale: Optional[str] = None) -> list[ResultCell]:
-    """Validate cell dicts into :class:`ResultCell`s; ``scale`` fills cells that give none."""
-    out: list[ResultCell] = []
-    seen: dict[str, int] = {}
-    errors: list[str] = []
-    for i, raw in enumerate(cells):
-        if isinstance(raw, ResultCell):
-            cell = raw
-        elif isinstance(raw, Mapping):
-            data = dict(raw)
-            if scale is not None and data.get("scale") is None:
-                data["scale"] = scale
-            try:
-                cell = ResultCell.model_validate(data)
-            except ValidationError as exc:
-                for err in exc.errors():
-                    loc = ".".join(str(p) for p in err["loc"]) or "<cell>"
-                    errors.append(f"{source}: cells[{i}]: field {loc!r}: {err['msg']} (got {err.get('input')!r})")
-                continue
-        else:
-            errors.append(f"{source}: cells[{i}]: expected a mapping with table/row/column/value, got {type(raw).__name__}")
-            continue
-        if cell.key in seen:
-            errors.append(f"{source}: cells[{i}]: duplicate cell {cell.key!r} (first at cells[{seen[cell.key]}])")
-            continue
-        seen[cell.key] = i
-        out.append(cell)
-    if errors:
-        raise CheckError("\n".join(errors))
-    return out
 
 
 def load_results(source: ResultsLike = DEFAULT_RESULTS) -> list[ResultCell]:
@@ -229,41 +146,6 @@ def world_mismatch(ours: Optional[Mapping[str, Any]], blessed: Optional[Mapping[
             if [d for d in diffs if d.startswith("checkpoint_sha256")] == diffs else
             "the results come from another world (`bikebench world build` settings or seed)")
     return f"the results' world differs from the baseline's: {'; '.join(diffs)}. {hint}"
-
-
-def derive_gain_cells(results: Sequence[ResultCell], registry: Registry) -> list[ResultCell]:
-    """Our values for the paper's printed gains (``delta_of`` cells) computable from our cells.
-
-    A gain is derived per variant when both operands exist with that variant; cells already present
-    in ``results`` are kept as given. Returns only the new, derived cells (``derived=True``).
-    """
-    have = {c.key: c for c in results}
-    out: list[ResultCell] = []
-    variants = sorted({c.variant for c in results}, key=lambda v: (v is not None, v or ""))
-    for entry in registry:
-        if entry.delta_of is None:
-            continue
-        for variant in variants:
-            suffix = f"#{variant}" if variant else ""
-            if entry.key + suffix in have:
-                continue
-            refs = [have.get(cell_key(entry.table, *ref.split(":")) + suffix) for ref in entry.delta_of]
-            if refs[0] is None or refs[1] is None:
-                continue
-            scales = {refs[0].scale, refs[1].scale}
-            out.append(
-                ResultCell(
-                    table=entry.table,
-                    row=entry.row,
-                    column=entry.column,
-                    value=refs[0].value - refs[1].value,
-                    scale=refs[0].scale if len(scales) == 1 else "mixed",
-                    metric=entry.metric,
-                    variant=variant,
-                    derived=True,
-                )
-            )
-    return out
 
 
 # ----------------------------------------------------------------------------------------- tolerances
@@ -716,40 +598,3 @@ def _pick(specific: Any, general: Any, from_file: Optional[Tolerances], default:
         if candidate is not None:
             return candidate
     return default
-
-
-def add_check_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The ``bikebench check`` options (for ``harness.cli``); pair with :func:`run_from_args`."""
-    parser.add_argument("--results", default=str(DEFAULT_RESULTS), help="results file (default: %(default)s)")
-    parser.add_argument("--baseline", default=str(DEFAULT_BASELINE), help="baseline file (default: %(default)s)")
-    parser.add_argument("--against", choices=("baseline", "paper", "both"), default="baseline")
-    parser.add_argument("--tolerance", type=float, default=None, help="points, for every comparison (defaults: paper 0.5, baseline 1.0)")
-    parser.add_argument("--paper-tolerance", type=float, default=None)
-    parser.add_argument("--baseline-tolerance", type=float, default=None)
-    parser.add_argument("--tolerances", default=None, help="YAML with 'paper:'/'baseline:' sections (default, metrics, tables, cells, direction)")
-    parser.add_argument("--direction", choices=("decrease", "increase", "both"), default=None, help="which change is a regression (default: per metric)")
-    parser.add_argument("--scale", default=FULL_SCALE, help="compare only cells of this scale with the paper ('any': all)")
-    parser.add_argument("--allow-missing", action="store_true", help="missing cells do not fail the check")
-    parser.add_argument("--bless", action="store_true", help="write the results as the new baseline")
-    parser.add_argument("--spread", nargs="+", default=[], metavar="RESULTS",
-                        help="with --bless: the same table at other training seeds; each cell's tolerance = "
-                             f"{SPREAD_K:g} x its standard deviation over the seeds (`make bless`)")
-    return parser
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    """Run :func:`check_main` from the options of :func:`add_check_arguments`."""
-    return check_main(
-        args.results,
-        args.baseline,
-        args.against,
-        args.tolerance,
-        fail_on_missing=not args.allow_missing,
-        paper_tolerance=args.paper_tolerance,
-        baseline_tolerance=args.baseline_tolerance,
-        tolerances_file=args.tolerances,
-        direction=args.direction,
-        scale=None if args.scale == "any" else args.scale,
-        bless=args.bless,
-        spread=args.spread,
-    )

@@ -5,7 +5,7 @@
     bikebench status [SPEC] [--scale smoke|full]
     bikebench sync
     bikebench world build [--size default|test] [--root DIR] [--seed N]
-    bikebench check [...]            (harness.check)
+    bikebench check [...]            (harness.check; options: add_check_arguments)
     bikebench tune SWEEP [key=value ...] [--workers N] [--executor local|slurm|debug] [resources]   (harness.tuning)
     bikebench mlflow-uri
 
@@ -109,12 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(wb)
 
     p = sub.add_parser("check", help="regression check against the paper / the blessed baseline")
-    try:
-        from harness.check import add_check_arguments
-
-        add_check_arguments(p)
-    except ImportError:
-        p.add_argument("rest", nargs=argparse.REMAINDER)
+    add_check_arguments(p)
 
     p = sub.add_parser("tune", help="Optuna study on cached scores")
     p.add_argument("sweep")
@@ -180,7 +175,7 @@ def _drive_kwargs(args: argparse.Namespace, results: Path) -> dict[str, Any]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.spec import load_spec
-    from harness.table6 import run_specs
+    from harness.drive import run_specs
 
     results = Path(args.results).resolve()
     paths = [i for i in args.items if "=" not in i]
@@ -321,9 +316,48 @@ def cmd_world(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    from harness.check import run_from_args
+def add_check_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``bikebench check`` options; pair with :func:`run_from_args`."""
+    from harness.check import DEFAULT_BASELINE, DEFAULT_RESULTS, FULL_SCALE, SPREAD_K
 
+    parser.add_argument("--results", default=str(DEFAULT_RESULTS), help="results file (default: %(default)s)")
+    parser.add_argument("--baseline", default=str(DEFAULT_BASELINE), help="baseline file (default: %(default)s)")
+    parser.add_argument("--against", choices=("baseline", "paper", "both"), default="baseline")
+    parser.add_argument("--tolerance", type=float, default=None, help="points, for every comparison (defaults: paper 0.5, baseline 1.0)")
+    parser.add_argument("--paper-tolerance", type=float, default=None)
+    parser.add_argument("--baseline-tolerance", type=float, default=None)
+    parser.add_argument("--tolerances", default=None, help="YAML with 'paper:'/'baseline:' sections (default, metrics, tables, cells, direction)")
+    parser.add_argument("--direction", choices=("decrease", "increase", "both"), default=None, help="which change is a regression (default: per metric)")
+    parser.add_argument("--scale", default=FULL_SCALE, help="compare only cells of this scale with the paper ('any': all)")
+    parser.add_argument("--allow-missing", action="store_true", help="missing cells do not fail the check")
+    parser.add_argument("--bless", action="store_true", help="write the results as the new baseline")
+    parser.add_argument("--spread", nargs="+", default=[], metavar="RESULTS",
+                        help="with --bless: the same table at other training seeds; each cell's tolerance = "
+                             f"{SPREAD_K:g} x its standard deviation over the seeds (`make bless`)")
+    return parser
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run :func:`harness.check.check_main` from the options of :func:`add_check_arguments`."""
+    from harness.check import check_main
+
+    return check_main(
+        args.results,
+        args.baseline,
+        args.against,
+        args.tolerance,
+        fail_on_missing=not args.allow_missing,
+        paper_tolerance=args.paper_tolerance,
+        baseline_tolerance=args.baseline_tolerance,
+        tolerances_file=args.tolerances,
+        direction=args.direction,
+        scale=None if args.scale == "any" else args.scale,
+        bless=args.bless,
+        spread=args.spread,
+    )
+
+
+def cmd_check(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 

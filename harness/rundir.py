@@ -11,8 +11,9 @@
 
 Two writers never share a file: the driver owns ``config.yaml``/``meta.json``/``submissions.json``
 (and ``state.json`` only to record ``pending`` before any submission or ``cancelled``/``failed``
-when a job vanished without saying so); the job owns ``state.json`` while it runs. Every write is
-atomic (temporary file + ``os.replace``), so a crash never leaves half a file behind.
+when a job vanished without saying so); the job owns ``state.json`` while it runs. The file names and
+the atomic writes (temporary file + ``fsync`` + ``os.replace``) are ``bike.rundir``'s, so a crash never
+leaves half a file behind.
 
 Statuses reported by :func:`run_status`: ``pending`` (planned, never submitted), ``queued``
 (submitted, not started), ``running``, ``requeued`` (checkpointed after a timeout/preemption, waiting
@@ -22,11 +23,12 @@ to resume), ``done`` (``result.json`` says so), ``failed``, ``cancelled``.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
+
+from bike import rundir as layout
+from bike.rundir import atomic_write_text, read_json  # noqa: F401 - re-exported for the harness
 
 RUN_STATES = ("pending", "queued", "running", "requeued", "done", "failed", "cancelled")
 TERMINAL_STATES = ("done", "failed", "cancelled")
@@ -34,36 +36,10 @@ ACTIVE_STATES = ("queued", "running", "requeued")
 STATE_HISTORY_LIMIT = 200  # entries kept in state.json's history
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically: a reader sees the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def atomic_write_json(path: str | Path, payload: Any) -> None:
-    """Atomically write ``payload`` as indented, key-sorted JSON."""
-    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def read_json(path: str | Path) -> Optional[Any]:
-    """The parsed JSON file, or None when it is missing or unreadable (a run still being written)."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
+def atomic_write_json(path: str | Path, payload: Any) -> Path:
+    """``bike.rundir.atomic_write_json`` with the driver's fallback: objects JSON cannot hold are
+    written as their ``str``."""
+    return layout.atomic_write_json(path, payload, default=str)
 
 
 def now_iso() -> str:
@@ -93,39 +69,39 @@ class RunDir:
 
     @property
     def config_path(self) -> Path:
-        return self.path / "config.yaml"
+        return self.path / layout.CONFIG_FILE
 
     @property
     def meta_path(self) -> Path:
-        return self.path / "meta.json"
+        return self.path / layout.META_FILE
 
     @property
     def state_path(self) -> Path:
-        return self.path / "state.json"
+        return self.path / layout.STATE_FILE
 
     @property
     def submissions_path(self) -> Path:
-        return self.path / "submissions.json"
+        return self.path / layout.SUBMISSIONS_FILE
 
     @property
     def result_path(self) -> Path:
-        return self.path / "result.json"
+        return self.path / layout.RESULT_FILE
 
     @property
     def metrics_path(self) -> Path:
-        return self.path / "metrics.jsonl"
+        return self.path / layout.METRICS_FILE
 
     @property
     def log_path(self) -> Path:
-        return self.path / "log.txt"
+        return self.path / layout.LOG_FILE
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.path / "checkpoints"
+        return layout.checkpoint_dir(self.path)
 
     @property
     def cache_dir(self) -> Path:
-        return self.path / "cache"
+        return layout.cache_dir(self.path)
 
     def exists(self) -> bool:
         return self.config_path.exists()
@@ -264,4 +240,4 @@ def list_run_dirs(results: str | Path) -> list[RunDir]:
     root = runs_root(results)
     if not root.is_dir():
         return []
-    return [RunDir(p) for p in sorted(root.iterdir()) if (p / "config.yaml").exists()]
+    return [RunDir(p) for p in sorted(root.iterdir()) if (p / layout.CONFIG_FILE).exists()]

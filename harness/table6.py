@@ -1,7 +1,5 @@
-"""The driver: specs → plan → submitit → run directories → MLflow → table cells; and Table 6.
-
-:func:`run_specs` is what ``bikebench run`` does for any spec; :func:`run_table6` runs
-``experiments/table6.yaml`` and writes
+"""Table 6: :func:`run_table6` runs ``experiments/table6.yaml`` through the driver
+(:func:`harness.drive.run_specs`) and writes
 
 * ``<results>/table6_results.json``: ``{"scale", "world", "cells"}`` with the list of ``{table, row,
   column, value, scale, run_id, metric, spec, spec_variant}`` cells of this invocation's scale (what
@@ -24,17 +22,13 @@ study tuned on the reported split); the recomputed cells go to ``<results>/table
 
 from __future__ import annotations
 
-import math
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
-from harness.executor import Runner, RunOutcome
-from harness.expand import Plan, WorldProvider, bike_world, default_world_root, expand
-from harness.jobs import JobTarget
+from harness.drive import DriveResult, run_specs
 from harness.rundir import RunDir, atomic_write_json, atomic_write_text
-from harness.spec import ResourceSpec, Spec, load_spec
+from harness.spec import load_spec
 
 if TYPE_CHECKING:
     from harness.tuning import StudyLambda
@@ -47,76 +41,6 @@ TABLE6_MARKDOWN = "table6.md"
 TABLE6_LAMBDA = "table6_lambda.json"
 #: result.json metric of a fused cell -> the metric recomputed at the study's λ (harness.tuning.fused_metric).
 FUSED_CELL_METRICS = {"fused_top1": "top1", "fused_top5": "top5", "fused_mean_class": "mean_class"}
-
-
-@dataclass
-class DriveResult:
-    """What one invocation did: the plan, each run's outcome, the collected cells."""
-
-    plan: Plan
-    outcomes: dict[str, RunOutcome]
-    cells: list[dict[str, Any]] = field(default_factory=list)
-    missing: list[dict[str, Any]] = field(default_factory=list)
-    tracking_error: Optional[str] = None
-    #: The embedded world's identity at smoke scale (``bike.world.WorldInfo.identity``), else None.
-    world: Optional[dict[str, Any]] = None
-
-    def results_document(self, scale: str) -> dict[str, Any]:
-        """What ``table6_results.json`` holds: the scale, the world the cells come from, the cells."""
-        doc: dict[str, Any] = {"scale": scale}
-        if self.world is not None:
-            doc["world"] = self.world
-        doc["cells"] = self.cells
-        return doc
-
-    @property
-    def ok(self) -> bool:
-        return all(o.state in ("done", "planned") for o in self.outcomes.values())
-
-
-def result_metric(result: Mapping[str, Any], metric: str) -> Optional[float]:
-    """``metric`` of a result.json: a top-level key, a dotted path, or a key of ``result["metrics"]``."""
-    candidates: list[Any] = [result.get(metric)]
-    node: Any = result
-    for part in metric.split("."):
-        node = node.get(part) if isinstance(node, Mapping) else None
-    candidates.append(node)
-    metrics = result.get("metrics")
-    if isinstance(metrics, Mapping):
-        candidates.append(metrics.get(metric))
-    for value in candidates:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
-    return None
-
-
-def collect_cells(plan: Plan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(cells with values, cells without) for every cell the plan's specs name."""
-    cells: list[dict[str, Any]] = []
-    missing: list[dict[str, Any]] = []
-    seen: set[tuple[str, str, str]] = set()
-    for cell, run_id in plan.cells():
-        key = (cell.table, cell.row, cell.column)
-        if key in seen:
-            continue
-        seen.add(key)
-        rd = RunDir.for_run(plan.results, run_id)
-        base = {"table": cell.table, "row": cell.row, "column": cell.column, "scale": plan.scale,
-                "run_id": run_id, "metric": cell.metric, "spec": cell.spec, "spec_variant": cell.variant}
-        result = rd.result() if rd.is_done() else None
-        value = result_metric(result, cell.metric) if result is not None else None
-        if value is None:
-            reason = f"run is {rd.state()}" if result is None else f"result.json has no metric {cell.metric!r}"
-            missing.append({**base, "value": None, "reason": reason})
-        else:
-            cells.append({**base, "value": value})
-    for nr in plan.not_run:
-        key = (nr.table, nr.row, nr.column)
-        if key not in seen:
-            seen.add(key)
-            missing.append({"table": nr.table, "row": nr.row, "column": nr.column, "scale": plan.scale,
-                            "run_id": None, "value": None, "spec": nr.spec, "spec_variant": nr.variant, "reason": nr.reason})
-    return cells, missing
 
 
 def plain_markdown(cells: Sequence[Mapping[str, Any]], missing: Sequence[Mapping[str, Any]], title: str) -> str:
@@ -241,63 +165,6 @@ def study_lambda_cells(
             "their λ is applied as it is."
         )
     return out, notes + checks
-
-
-def log_to_mlflow(plan: Plan, results: Path, tracking_uri: Optional[str], log: Callable[[str], None]) -> Optional[str]:
-    """Replay the plan's run directories into MLflow; returns an error text instead of raising
-    (a tracking server being down must not lose a finished table: `bikebench sync` catches up)."""
-    try:
-        from harness.tracking import Tracker
-
-        tracker = Tracker(results, tracking_uri)
-        entries = [(RunDir(r.run_dir), spec, variant, plan.scale) for r in plan.runs for spec, variant in r.requested_by]
-        report = tracker.log_plan_runs(entries)
-        log(f"MLflow ({tracker.uri}): {report}")
-        return None
-    except Exception as exc:  # noqa: BLE001 - any tracking failure is reported, not fatal
-        message = f"MLflow logging failed ({type(exc).__name__}: {exc}); run `bikebench sync` later"
-        log(message)
-        return message
-
-
-def run_specs(
-    specs: Sequence[Spec],
-    scale: str = "smoke",
-    cluster: str = "local",
-    results: str | Path = "results",
-    tracking_uri: Optional[str] = None,
-    dry_run: bool = False,
-    world: Optional[WorldProvider] = None,
-    world_size: str = "default",
-    only: Optional[Sequence[str]] = None,
-    job_targets: Optional[Mapping[str, JobTarget]] = None,
-    resources: Optional[ResourceSpec] = None,
-    parallelism: int = 1,
-    poll_s: float = 1.0,
-    track: bool = True,
-    log: Callable[[str], None] = print,
-) -> DriveResult:
-    """Expand, submit, wait, log to MLflow and collect the cells of ``specs``."""
-    results = Path(results).resolve()
-    needs_world = scale == "smoke"
-    if world is None and needs_world:
-        world = bike_world(default_world_root(results), size=world_size)
-    plan = expand(list(specs), scale, results, world=world, only=only)
-    runner = Runner(results, cluster, job_targets=job_targets, resources=resources, parallelism=parallelism,
-                    poll_s=poll_s, log=log)
-    outcomes = runner.execute(plan, dry_run=dry_run)
-    if dry_run:
-        for sub in runner.submissions:
-            log(f"wave {sub.wave}: {len(sub.run_ids)} run(s) {', '.join(sub.run_ids)} with {sub.parameters}")
-        for run in plan.runs:
-            o = outcomes[run.run_id]
-            log(f"  {run.run_id} {run.kind:8s} {o.action:12s} {', '.join(f'{s}.{v}' for s, v in run.requested_by)}"
-                + (f" <- {', '.join(run.dependencies)}" if run.dependencies else ""))
-        return DriveResult(plan, outcomes)
-    tracking_error = log_to_mlflow(plan, results, tracking_uri, log) if track else None
-    cells, missing = collect_cells(plan)
-    identity = world("general").values.get("identity") if world is not None else None
-    return DriveResult(plan, outcomes, cells, missing, tracking_error, identity)
 
 
 def run_table6(

@@ -2,7 +2,7 @@
 
 Input: the :class:`~harness.registry.Registry` (layout and published numbers) and our results (cell
 dicts ``{table, row, column, value, std?, scale?, run_id?, variant?}`` or
-:class:`~harness.check.ResultCell`). Each paper column becomes three: *paper*, *ours* and
+:class:`~harness.cells.ResultCell`). Each paper column becomes three: *paper*, *ours* and
 *Δ = ours − paper*. Missing numbers are shown as "–". Rows follow the paper's order; other variants
 of a row (``variant`` set) follow their paper row, and rows the paper does not have come last.
 
@@ -21,7 +21,7 @@ import html
 from dataclasses import dataclass, field
 from typing import Literal, Mapping, Optional, Sequence, Union
 
-from harness.check import FULL_SCALE, ResultCell, coerce_results, derive_gain_cells
+from harness.cells import FULL_SCALE, ResultCell, coerce_results, derive_gain_cells
 from harness.registry import ColumnSpec, PaperEntry, Registry, TableSpec
 
 MISSING = "–"

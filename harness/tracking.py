@@ -1,7 +1,8 @@
 """MLflow bookkeeping, replayed from run directories (the source of truth) by the driver.
 
 * One experiment per spec; one parent run per (spec, scale) — reused by every invocation, found by
-  its ``bikebench.parent_key`` tag; one child run per run directory, found by its
+  its ``bikebench.parent_key`` tag (tag names and the experiment/parent set-up: :mod:`harness.mlflow_runs`,
+  shared with the studies' logging); one child run per run directory, found by its
   ``bikebench.run_id`` tag, so re-running a command or ``bikebench sync`` never duplicates a run.
 * Params: the flattened RunConfig (values truncated to MLflow's limit). Metrics: every line of
   ``metrics.jsonl`` (only the lines not yet logged: the count is kept in a tag), named
@@ -27,14 +28,32 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+from harness.mlflow_runs import (  # noqa: E402  (the tag names, shared with the studies' logging)
+    TAG_BACKBONE,
+    TAG_CLUSTER,
+    TAG_GIT_COMMIT,
+    TAG_GIT_DIRTY,
+    TAG_JOB_ID,
+    TAG_METRIC_LINES,
+    TAG_PARENT_KEY,
+    TAG_PARENT_RUN,
+    TAG_PROFILE,
+    TAG_PROTOCOL,
+    TAG_RESULT_LOGGED,
+    TAG_RUN_ID,
+    TAG_SCALE,
+    TAG_SPEC,
+    TAG_SPEC_SHA,
+    TAG_STAGE,
+    TAG_STATE,
+    TAG_VARIANT,
+    TAG_VIEWS,
+)
+from harness.mlflow_runs import artifact_location as _artifact_location  # noqa: E402
+from harness.mlflow_runs import experiment_id as _experiment_id  # noqa: E402
+from harness.mlflow_runs import parent_run as _parent_run  # noqa: E402
 from harness.rundir import RunDir, list_run_dirs  # noqa: E402
 
-TAG_RUN_ID = "bikebench.run_id"
-TAG_PARENT_KEY = "bikebench.parent_key"
-TAG_METRIC_LINES = "bikebench.metric_lines"
-TAG_RESULT_LOGGED = "bikebench.result_logged"
-TAG_STATE = "bikebench.state"
-TAG_PARENT_RUN = "mlflow.parentRunId"
 STATUS_OF_STATE = {"done": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
 # MLflow limits (mlflow.utils.validation): kept here so that the module imports mlflow lazily.
 MAX_PARAM_VALUE = 6000
@@ -126,31 +145,17 @@ class Tracker:
     # -------------------------------------------------------------- experiments and parents
     def artifact_location(self, experiment: str) -> Optional[str]:
         """Absolute ``<results>/mlartifacts/<experiment>`` for local stores; servers choose their own."""
-        if self.uri.startswith(("http://", "https://", "databricks")):
-            return None
-        return (self.results / "mlartifacts" / experiment).as_uri()
+        return _artifact_location(self.uri, self.results, experiment)
 
     def experiment_id(self, name: str) -> str:
         if name not in self._experiments:
-            exp = self.client.get_experiment_by_name(name)
-            if exp is None:
-                exp_id = self.client.create_experiment(name, artifact_location=self.artifact_location(name))
-            else:
-                exp_id = exp.experiment_id
-            self._experiments[name] = exp_id
+            self._experiments[name] = _experiment_id(self.client, name, self.artifact_location(name))
         return self._experiments[name]
 
     def parent_run(self, spec: str, scale: str, tags: Optional[Mapping[str, str]] = None) -> str:
         """The parent run of (spec, scale), created on first use; its MLflow run id."""
-        exp_id = self.experiment_id(spec)
-        key = f"{spec}:{scale}"
-        found = self.client.search_runs([exp_id], filter_string=f"tags.`{TAG_PARENT_KEY}` = '{key}'", max_results=1)
-        if found:
-            return found[0].info.run_id
-        run = self.client.create_run(
-            exp_id, run_name=f"{spec} ({scale})",
-            tags={TAG_PARENT_KEY: key, "bikebench.spec": spec, "bikebench.scale": scale, **dict(tags or {})},
-        )
+        run = _parent_run(self.client, self.experiment_id(spec), f"{spec}:{scale}", f"{spec} ({scale})",
+                          tags={TAG_SPEC: spec, TAG_SCALE: scale, **dict(tags or {})})
         return run.info.run_id
 
     def children(self, experiment_id: str) -> dict[str, Any]:
@@ -221,8 +226,8 @@ class Tracker:
             new_tags.append(RunTag(TAG_RESULT_LOGGED, "1"))
             self.client.log_artifact(run_id, str(rd.result_path))
         sub = rd.last_submission() or {}
-        if sub.get("job_id") and tags.get("bikebench.job_id") != str(sub["job_id"]):
-            new_tags += [RunTag("bikebench.job_id", str(sub["job_id"])), RunTag("bikebench.cluster", str(sub.get("cluster", "")))]
+        if sub.get("job_id") and tags.get(TAG_JOB_ID) != str(sub["job_id"]):
+            new_tags += [RunTag(TAG_JOB_ID, str(sub["job_id"])), RunTag(TAG_CLUSTER, str(sub.get("cluster", "")))]
         if tags.get(TAG_STATE) != state:
             new_tags.append(RunTag(TAG_STATE, state))
         for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
@@ -244,20 +249,20 @@ class Tracker:
         tags = {
             TAG_RUN_ID: rd.run_id,
             TAG_PARENT_RUN: parent_id,
-            "bikebench.spec": spec,
-            "bikebench.variant": variant,
-            "bikebench.scale": scale,
-            "bikebench.stage": str(config.get("stage", "")),
-            "bikebench.profile": str(config.get("profile", "")),
-            "bikebench.protocol": str(ev.get("protocol", "")),
-            "bikebench.views": f"{ev.get('clips', 1)}x{ev.get('crops', 1)}",
-            "bikebench.backbone": str(config.get("model", {}).get("backbone", "")),
-            "mlflow.source.git.commit": str(code.get("commit") or ""),
-            "bikebench.git_dirty": str(code.get("dirty")),
+            TAG_SPEC: spec,
+            TAG_VARIANT: variant,
+            TAG_SCALE: scale,
+            TAG_STAGE: str(config.get("stage", "")),
+            TAG_PROFILE: str(config.get("profile", "")),
+            TAG_PROTOCOL: str(ev.get("protocol", "")),
+            TAG_VIEWS: f"{ev.get('clips', 1)}x{ev.get('crops', 1)}",
+            TAG_BACKBONE: str(config.get("model", {}).get("backbone", "")),
+            TAG_GIT_COMMIT: str(code.get("commit") or ""),
+            TAG_GIT_DIRTY: str(code.get("dirty")),
         }
         spec_sha = _file_sha(meta.get("spec_path"))
         if spec_sha:
-            tags["bikebench.spec_sha"] = spec_sha
+            tags[TAG_SPEC_SHA] = spec_sha
         return {k[:MAX_KEY]: v[:MAX_TAG_VALUE] for k, v in tags.items()}
 
     # -------------------------------------------------------------- many runs

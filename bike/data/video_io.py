@@ -29,12 +29,14 @@ LOSSLESS_X264_OPTIONS = {"qp": "0", "preset": "ultrafast"}
 
 import numpy as np
 
+from bike.rundir import atomic_path
+
 
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int = 10, lossless: bool = False) -> Path:
     """Write ``frames`` (uint8 ``[T,H,W,3]`` RGB, H and W even) as an H.264 mp4; returns the path.
 
-    The file is written to a temporary name and renamed, so a crash never leaves a half-written video
-    under the final name.
+    The file is written atomically (``bike.rundir.atomic_path``), so a crash never leaves a
+    half-written video under the final name.
     """
     import av
 
@@ -47,9 +49,7 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int = 10, lossle
     if h % 2 or w % 2:
         raise ValueError(f"write_mp4({path}): H and W must be even for H.264, got {h}x{w}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.mp4")
-    with av.open(str(tmp), mode="w", format="mp4") as container:
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264rgb" if lossless else "libx264", rate=fps)
         stream.width, stream.height = w, h
         if lossless:
@@ -65,5 +65,4 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int = 10, lossle
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    os.replace(tmp, path)
     return path

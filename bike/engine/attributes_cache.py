@@ -35,9 +35,9 @@ from bike.attributes import encode_phrases, load_lexicon, rank_lexicon, video_em
 from bike.config import RunConfig
 from bike.data.lists import VideoRecord
 from bike.engine.caches import attributes_cache_path
-from bike.engine.checkpoint import atomic_write_json
 from bike.engine.runner import reuse_sources
 from bike.engine.logging import RunLogger
+from bike.rundir import atomic_write_json
 
 ATTRIBUTES_FORMAT = 1
 #: Environment variable naming the directory of the cross-run store (unset: no store).

@@ -36,12 +36,18 @@ import numpy as np
 from bike.config import RunConfig
 from bike.fusion import ScoreKind
 from bike.metrics import aggregate_views, topk_accuracy
+from bike.rundir import (
+    ATTRIBUTES_FILE,
+    CACHE_DIR,
+    CONFIG_FILE,
+    atomic_write_json,
+    atomic_write_npy,
+    atomic_write_text,
+    cache_dir,
+)
 
-CACHE_DIR = "cache"
 MANIFEST = "manifest.json"
 VIDEO_IDS_FILE = "video_ids.json"
-ATTRIBUTES_FILE = "attributes.json"
-CONFIG_FILE = "config.yaml"
 CACHE_FORMAT_VERSION = 1
 
 _ARRAYS = {
@@ -62,12 +68,12 @@ class CacheError(ValueError):
 
 def split_cache_dir(run_dir: str | Path, split: str) -> Path:
     """``<run_dir>/cache/<split>``."""
-    return Path(run_dir) / CACHE_DIR / split
+    return cache_dir(run_dir) / split
 
 
 def attributes_cache_path(run_dir: str | Path) -> Path:
     """``<run_dir>/cache/attributes.json`` (ranked attribute phrases per video id)."""
-    return Path(run_dir) / CACHE_DIR / ATTRIBUTES_FILE
+    return cache_dir(run_dir) / ATTRIBUTES_FILE
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -166,8 +172,6 @@ def write_cache(
     extra: Optional[dict] = None,
 ) -> Path:
     """Write one split's cache (arrays first, manifest last). Returns the directory."""
-    from bike.engine.checkpoint import atomic_write, atomic_write_json, atomic_write_text  # torch: readers stay without it
-
     directory = Path(directory)
     n, k = len(video_ids), len(classes)
     if len(set(video_ids)) != n:
@@ -208,7 +212,7 @@ def write_cache(
         }[name]
         if not shape_ok:
             raise ValueError(f"{directory / fname}: shape {arr.shape} does not fit N={n} videos and K={k} classes")
-        atomic_write(directory / fname, lambda f, a=arr: np.save(f, a))
+        atomic_write_npy(directory / fname, arr)
         manifest["arrays"][name] = {"file": fname, "shape": list(arr.shape), "dtype": str(arr.dtype)}
     atomic_write_text(directory / VIDEO_IDS_FILE, json.dumps(list(map(str, video_ids))))
     atomic_write_json(directory / MANIFEST, manifest)
@@ -296,7 +300,7 @@ def read_cache(directory: str | Path, mmap: bool = True) -> ScoreCache:
 # ------------------------------------------------------------------------------ a run's caches
 def cached_splits(run_dir: str | Path) -> list[str]:
     """The splits with a complete cache (a ``manifest.json``) under ``<run_dir>/cache/``."""
-    root = Path(run_dir) / CACHE_DIR
+    root = cache_dir(run_dir)
     return sorted(d.name for d in root.iterdir() if (d / MANIFEST).is_file()) if root.is_dir() else []
 
 

@@ -1,73 +1,26 @@
-"""Checkpoints and atomic files of a run directory.
+"""Checkpoints of a run directory (names and atomic writes: ``bike.rundir``).
 
 One ``checkpoints/latest.pt`` holds everything needed to continue a run exactly: model, optimiser,
 scheduler, grad scaler, position (epoch, iteration within the epoch, optimiser steps), the RNG states
 (python, numpy, torch, CUDA when present), the training sampler's state and the resolved config.
 ``checkpoints/best.pt`` holds the model selected on validation, kept apart.
 
-Every file is written to a temporary name in the same directory and moved into place with
-``os.replace``, so a crash never leaves a truncated file under the final name. The checkpoint holds
+Every checkpoint is written atomically (``bike.rundir.atomic_write_torch``), so a crash never leaves
+a truncated file under the final name. The checkpoint holds
 only tensors and plain python values, so it loads with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
-LATEST = "latest.pt"
-BEST = "best.pt"
-CHECKPOINT_DIR = "checkpoints"
-
-
-# ------------------------------------------------------------------------------ atomic writes
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
-    """Write ``path`` through ``write(file)`` on a temporary sibling, then ``os.replace`` it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda f: f.write(text), mode="w")
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    return atomic_write(path, lambda f: torch.save(obj, f))
+from bike.rundir import BEST, CHECKPOINT_DIR, LATEST, atomic_write_torch, remove_partial_writes, run_checkpoint
 
 
 # ------------------------------------------------------------------------------ RNG states
@@ -111,27 +64,15 @@ def _lists_to_tuples(x: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------ checkpoints
-def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / CHECKPOINT_DIR
-
-
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     """Write a checkpoint dict atomically (see module docstring for the keys the train loop stores)."""
-    return atomic_torch_save(state, path)
+    return atomic_write_torch(path, state)
 
 
 def remove_partial_checkpoints(directory: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files an interrupted :func:`atomic_write` left in ``directory``
-    (``.<name>.<random>.tmp``); returns what was removed."""
-    d = Path(directory)
-    if not d.is_dir():
-        return []
-    removed = []
-    for p in sorted(d.glob(".*.tmp")):
-        if p.is_file():
-            p.unlink()
-            removed.append(p)
-    return removed
+    """Delete the temporary files an interrupted checkpoint write left in ``directory``
+    (``bike.rundir.remove_partial_writes``); returns what was removed."""
+    return remove_partial_writes(directory)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -155,10 +96,9 @@ def resolve_init_checkpoint(init_from: str | os.PathLike) -> Path:
     if p.is_file():
         return p
     if p.is_dir():
-        for name in (BEST, LATEST):
-            cand = checkpoint_dir(p) / name
-            if cand.is_file():
-                return cand
+        found = run_checkpoint(p)
+        if found is not None:
+            return found
         raise FileNotFoundError(f"init_from={str(init_from)!r}: run directory has no {CHECKPOINT_DIR}/{BEST} or {LATEST}")
     raise FileNotFoundError(f"init_from={str(init_from)!r}: no such checkpoint file or run directory")
 

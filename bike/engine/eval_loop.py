@@ -218,7 +218,7 @@ def attribute_scores(model, video_ids: Sequence[str], attributes: dict[str, list
         raise KeyError(f"no generated attributes for {len(missing)} video(s), e.g. {missing[0]!r}")
     model.eval()
     ranked = [attributes[v] for v in video_ids]
-    s = model.attributes.score(model.backbone, ranked, model.class_names)
+    s = model.attributes.score(model.attribute_text_encoder, ranked, model.class_names)
     return s.float().cpu().numpy()
 
 

@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
-LOG_FILE = "log.txt"
-METRICS_FILE = "metrics.jsonl"
+from bike.rundir import LOG_FILE, METRICS_FILE
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 MetricsCallback = Callable[[dict, int], None]

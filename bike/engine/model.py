@@ -32,6 +32,22 @@ log = logging.getLogger(__name__)
 PRETRAINED_PREFIXES = ("backbone.", "logit_scale.")
 
 
+_FROZEN_ENCODERS: dict[tuple[str, Optional[str], str], ClipBackbone] = {}
+
+
+def attribute_text_encoder(name: str, pretrained: Optional[str], device: str | torch.device = "cpu") -> ClipBackbone:
+    """A frozen CLIP for the attributes branch's texts, loaded once per process and device."""
+    from bike.backbone import load_clip
+
+    key = (name.replace("/", "-"), pretrained, str(torch.device(device)))
+    if key not in _FROZEN_ENCODERS:
+        encoder = load_clip(name, pretrained, device).eval()
+        for p in encoder.parameters():
+            p.requires_grad_(False)
+        _FROZEN_ENCODERS[key] = encoder
+    return _FROZEN_ENCODERS[key]
+
+
 class BikeModel(nn.Module):
     """CLIP backbone + video branch + (optional) attributes branch + logit scale, with the class prompts.
 
@@ -69,10 +85,33 @@ class BikeModel(nn.Module):
         backbone = load_clip_from_config(config.model, device=device)
         width = backbone.embed_dim
         video = VideoBranch.from_config(config.model, width)
-        attrs = AttributesBranch.from_config(config.attributes, width, prompt=config.model.prompt) if config.attributes.enabled else None
+        encoder = None
+        if config.attributes.enabled and not config.attributes.shares_text_tower(config.model):
+            encoder = attribute_text_encoder(config.attributes.text_encoder, config.attributes.text_encoder_pretrained, device)
+        attrs = None
+        if config.attributes.enabled:
+            attrs = AttributesBranch.from_config(config.attributes, (encoder or backbone).embed_dim, prompt=config.model.prompt)
         scale = LogitScale(init=config.logit_scale_init, learnable=config.loss.learn_logit_scale)
         model = cls(backbone, video, attrs, scale, class_names, config.model.prompt)
+        model.set_attribute_encoder(encoder)
         return model.to(device)
+
+    def set_attribute_encoder(self, encoder: Optional[ClipBackbone]) -> None:
+        """A separate frozen CLIP whose text tower encodes the attributes branch's texts (None: the
+        backbone's). Not a submodule: its weights are the pretrained ones and stay out of checkpoints."""
+        self.__dict__["_attribute_encoder"] = encoder
+
+    @property
+    def attribute_text_encoder(self) -> ClipBackbone:
+        """The CLIP whose text tower encodes attribute sentences and class texts."""
+        return self.__dict__.get("_attribute_encoder") or self.backbone
+
+    def _apply(self, fn, *args, **kwargs):  # .to() / .cuda() also move the separate attribute encoder
+        out = super()._apply(fn, *args, **kwargs)
+        encoder = self.__dict__.get("_attribute_encoder")
+        if encoder is not None:
+            encoder._apply(fn, *args, **kwargs)
+        return out
 
     def set_classes(self, class_names: Sequence[str]) -> None:
         """(Re)tokenise the class prompts ``[K, L]`` and their word masks."""

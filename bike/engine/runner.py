@@ -20,12 +20,10 @@ from typing import Any, Callable, Optional
 import torch
 
 from bike.config import ConfigError, RunConfig
-from bike.engine.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint, resolve_init_checkpoint
+from bike.engine.checkpoint import load_checkpoint, resolve_init_checkpoint
 from bike.engine.logging import RunLogger, clean_metrics
 from bike.metrics import Metric
-
-RESULT_FILE = "result.json"
-CONFIG_FILE = "config.yaml"
+from bike.rundir import CONFIG_FILE, RESULT_FILE, atomic_write_json, atomic_write_text, read_json
 
 MetricsCallback = Callable[[dict, int], None]
 
@@ -37,13 +35,9 @@ SELECTION_NOTE = (
 
 
 def read_result(run_dir: str | Path) -> Optional[dict]:
+    """The run's ``result.json``, or None when it is missing or unreadable."""
     path = Path(run_dir) / RESULT_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
+    return read_json(path) if path.is_file() else None
 
 
 def done_result(run_dir: str | Path, config: RunConfig) -> Optional[dict]:

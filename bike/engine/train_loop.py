@@ -37,10 +37,7 @@ from torch import nn
 from bike.config import RunConfig
 from bike.distributed import gather_with_grad
 from bike.engine.checkpoint import (
-    BEST,
-    LATEST,
     capture_rng_state,
-    checkpoint_dir,
     load_checkpoint,
     remove_partial_checkpoints,
     restore_rng_state,
@@ -51,6 +48,7 @@ from bike.engine.optim import WarmupCosineSchedule
 from bike.engine.precision import autocast
 from bike.engine.sampler import TrainSampler
 from bike.losses import multi_positive_contrastive
+from bike.rundir import BEST, LATEST, checkpoint_dir
 
 _STOP = threading.Event()
 _IN_LOOP = threading.Event()
@@ -243,8 +241,8 @@ class AttributeStageTask:
         self._sent_emb: Optional[torch.Tensor] = None
         self._class_emb: Optional[torch.Tensor] = None
         if not model.category_encoder_trainable:
-            self._sent_emb = model.attributes.encode(model.backbone, sentences).detach()
-            self._class_emb = model.attributes.encode(model.backbone, self.class_texts).detach()
+            self._sent_emb = model.attributes.encode(model.attribute_text_encoder, sentences).detach()
+            self._class_emb = model.attributes.encode(model.attribute_text_encoder, self.class_texts).detach()
 
     def loader(self, sampler: TrainSampler, epoch: int) -> Iterable:
         return torch.utils.data.DataLoader(_IndexDataset(self.labels), batch_size=sampler.batch_size, sampler=sampler, drop_last=True)
@@ -259,8 +257,8 @@ class AttributeStageTask:
             cls = self._class_emb[labels_g.to(self._class_emb.device)]
             sent_g = gather_nograd(sent)
         else:
-            sent = model.attributes.encode(model.backbone, [self.sentences[i] for i in idx.tolist()])
-            cls_local = model.attributes.encode(model.backbone, [self.class_texts[i] for i in labels.tolist()])
+            sent = model.attributes.encode(model.attribute_text_encoder, [self.sentences[i] for i in idx.tolist()])
+            cls_local = model.attributes.encode(model.attribute_text_encoder, [self.class_texts[i] for i in labels.tolist()])
             sent_g, cls, labels_g = gather_with_grad(sent), gather_with_grad(cls_local), gather_nograd(labels)
         logits = model.logit_scale() * model.attributes(sent_g, cls)  # [B, B]
         return multi_positive_contrastive(logits, labels_g, form=cfg.loss.form, target_scale=cfg.loss.target_scale)

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+from bike.rundir import atomic_write_text
 from bike.world.config import Size, WorldConfig, world_config
 from bike.world.dataset import LEXICON_DIR, LIST_DIR, VIDEO_DIR, plan_world, write_text_files, write_videos
 
@@ -142,7 +143,8 @@ class WorldInfo:
         if lexicon not in self.lexicons:
             raise ValueError(f"world lexicon: got {lexicon!r}; expected one of {sorted(self.lexicons)}")
         return {"lexicon": str(self.lexicons[lexicon]), "generator_backbone": self.model_name,
-                "generator_pretrained": str(self.checkpoint)}
+                "generator_pretrained": str(self.checkpoint), "text_encoder": self.model_name,
+                "text_encoder_pretrained": str(self.checkpoint)}
 
     def config_overrides(self, family: str, lexicon: str = "world") -> dict[str, Any]:
         """Nested RunConfig sections (data, model, attributes) for a run of ``family`` on this world."""
@@ -382,6 +384,4 @@ def _counts(plan, root: Path) -> dict[str, Any]:
 
 
 def _write_manifest(root: Path, info: WorldInfo) -> None:
-    tmp = root / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(info.to_manifest(), indent=2, sort_keys=True) + "\n")
-    tmp.replace(root / MANIFEST)
+    atomic_write_text(root / MANIFEST, json.dumps(info.to_manifest(), indent=2, sort_keys=True) + "\n")

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from bike.rundir import atomic_write_text
 from bike.world.config import DISTRACTOR_RGB, STILL_WORDS, UNRELATED_PHRASES, WorldConfig
 from bike.world.generator import (
     STREAM_GENERAL_TRAIN,
@@ -170,13 +171,6 @@ def write_videos(
 
 
 # ---------------------------------------------------------------------------------------- text files
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def class_csv(classes: Sequence[Composition]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -270,5 +264,5 @@ def write_text_files(
         lay.lexicon_objects: "\n".join(object_lexicon(cfg)) + "\n",
     }
     for rel, text in files.items():
-        _atomic_write(root / rel, text)
+        atomic_write_text(root / rel, text)
     return lay

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bike.rundir import atomic_write_torch
 from bike.world.captions import sample_captions, truth_matrix, vocabulary_phrases
 from bike.world.config import WorldConfig
 from bike.world.generator import STREAM_PRETRAIN_STEPS, Composition
@@ -248,9 +249,4 @@ def _train(
 
 def save_checkpoint(model: nn.Module, path: Path) -> Path:
     """``torch.save`` the state dict to ``path`` atomically (temporary name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)
-    return path
+    return atomic_write_torch(path, model.state_dict())

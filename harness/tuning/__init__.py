@@ -30,12 +30,13 @@ inside the functions that need them.
 
 Shapes: N videos, K classes, D text embedding width, U distinct sentences.
 
-Modules, in dependency order (each imports only those above it); every public name is re-exported
-here, so ``from harness.tuning import X`` works for all of them:
+Modules, in dependency order (each imports only those above it). The package re-exports what its
+callers use (``from harness.tuning import X``: loading a sweep, running and continuing a study, reading
+a finished study's λ, the score cache); everything else is imported from its module:
 
-* re-exported from :mod:`bike.engine.caches` (the one score-cache reader/writer): :class:`ScoreCache`
-  and its readers (:func:`load_score_cache`, :func:`join_score_caches`, :func:`cached_splits`,
-  :func:`read_attributes_file`), :class:`CacheError`.
+* :mod:`bike.engine.caches` (the one score-cache reader/writer): :class:`ScoreCache` and its readers
+  (:func:`load_score_cache`, :func:`join_score_caches`, :func:`cached_splits`, :func:`read_attributes_file`),
+  :class:`CacheError`; the first, second and last are re-exported here.
 * :mod:`harness.tuning.sentences`: :func:`attribute_sentence`, :class:`SentenceEmbeddingCache`,
   :class:`TextSide`, :class:`AttributeScorer`, :class:`EngineTextSideFactory`.
 * :mod:`harness.tuning.spec`: the sweep spec (:class:`SweepSpec`, :class:`SearchSpace`,
@@ -59,167 +60,37 @@ from __future__ import annotations
 
 import logging
 
-from bike.engine.caches import (
-    ATTRIBUTES_FILE,
-    CACHE_DIR,
-    MANIFEST,
-    CacheError,
-    ScoreCache,
-    cached_splits,
-    join_score_caches,
-    load_score_cache,
-    read_attributes_file,
-)
-from harness.tuning.sentences import (
-    DEFAULT_PROMPT,
-    AttributeScorer,
-    EncodeSentences,
-    EngineTextSideFactory,
-    SentenceEmbeddingCache,
-    TextSide,
-    TextSideFactory,
-    attribute_sentence,
-)
-from harness.tuning.spec import (
-    DEFAULT_WORKER_TIMEOUT_MIN,
-    OBJECTIVE_METRIC,
-    ExecutorName,
-    FloatRange,
-    IntRange,
-    ObjectiveName,
-    SearchSpace,
-    SourceRef,
-    SweepSpec,
-    SweepSpecError,
-    TransformName,
-    load_sweep_spec,
-)
-from harness.tuning.problem import (
-    ATTR_CONSISTENCY_TOL,
-    FusionProblem,
-    ProblemFactory,
-    check_split,
-    k_high,
-    make_objective,
-)
-from harness.tuning.storage import (
-    JOURNAL_FILE,
-    SQLITE_FILE,
-    grid_exhausted,
-    grid_space,
-    make_sampler,
-    open_storage,
-    resolve_storage,
-    trials_per_worker,
-)
-from harness.tuning.workers import (
-    DEFAULT_WORKER_POLL_S,
-    RETRY_ATTR,
-    WORKER_ATTR,
-    StudyWorker,
-    StudyWorkerError,
-    recover_stale_trials,
-    run_worker_array,
-    worker_parameters,
-    worker_threads,
-)
-from harness.tuning.result import StudyResult, summarise_study
-from harness.tuning.artifacts import SURFACE_LAMBDAS, exact_surface, write_artifacts
-from harness.tuning.mlflow_log import log_study_to_mlflow
+from bike.engine.caches import CacheError, ScoreCache, load_score_cache
+from harness.tuning.spec import SweepSpec, SweepSpecError, load_sweep_spec
+from harness.tuning.problem import FusionProblem, ProblemFactory
+from harness.tuning.storage import open_storage
+from harness.tuning.workers import StudyWorkerError
 from harness.tuning.study import run_study
-from harness.tuning.study_lambda import (
-    BEST_FILE,
-    FUSED_METRICS,
-    StudyLambda,
-    StudyLambdaError,
-    fused_metric,
-    load_study_lambda,
-    read_study_lambda,
-    resolve_study_best,
-)
-from harness.tuning.main import SourceResolver, resolve_source_run, tune_main
+from harness.tuning.study_lambda import StudyLambda, StudyLambdaError, fused_metric, load_study_lambda
+from harness.tuning.main import tune_main
 
 #: The package's logger (``harness.tuning``); the modules log to its children (``harness.tuning.<module>``).
 log = logging.getLogger(__name__)
 
 __all__ = [
     # scores (bike.engine.caches)
-    "ATTRIBUTES_FILE",
-    "CACHE_DIR",
-    "MANIFEST",
     "CacheError",
     "ScoreCache",
-    "cached_splits",
-    "join_score_caches",
     "load_score_cache",
-    "read_attributes_file",
-    # sentences
-    "DEFAULT_PROMPT",
-    "AttributeScorer",
-    "EncodeSentences",
-    "EngineTextSideFactory",
-    "SentenceEmbeddingCache",
-    "TextSide",
-    "TextSideFactory",
-    "attribute_sentence",
-    # spec
-    "DEFAULT_WORKER_TIMEOUT_MIN",
-    "OBJECTIVE_METRIC",
-    "ExecutorName",
-    "FloatRange",
-    "IntRange",
-    "ObjectiveName",
-    "SearchSpace",
-    "SourceRef",
+    # sweep spec, problem, storage, workers
     "SweepSpec",
     "SweepSpecError",
-    "TransformName",
     "load_sweep_spec",
-    # problem
-    "ATTR_CONSISTENCY_TOL",
     "FusionProblem",
     "ProblemFactory",
-    "check_split",
-    "k_high",
-    "make_objective",
-    # storage
-    "JOURNAL_FILE",
-    "SQLITE_FILE",
-    "grid_exhausted",
-    "grid_space",
-    "make_sampler",
     "open_storage",
-    "resolve_storage",
-    "trials_per_worker",
-    # workers
-    "DEFAULT_WORKER_POLL_S",
-    "RETRY_ATTR",
-    "WORKER_ATTR",
-    "StudyWorker",
     "StudyWorkerError",
-    "recover_stale_trials",
-    "run_worker_array",
-    "worker_parameters",
-    "worker_threads",
-    # result, artifacts, mlflow_log, study
-    "StudyResult",
-    "summarise_study",
-    "SURFACE_LAMBDAS",
-    "exact_surface",
-    "write_artifacts",
-    "log_study_to_mlflow",
+    # running a study
     "run_study",
-    # study_lambda
-    "BEST_FILE",
-    "FUSED_METRICS",
+    "tune_main",
+    # a finished study's λ (bikebench table6 --lambda-from)
     "StudyLambda",
     "StudyLambdaError",
     "fused_metric",
     "load_study_lambda",
-    "read_study_lambda",
-    "resolve_study_best",
-    # main
-    "SourceResolver",
-    "resolve_source_run",
-    "tune_main",
 ]

@@ -1,5 +1,6 @@
 """Logging a study to MLflow after the optimisation: a parent run per study, a child run per
-trial, idempotent (:func:`log_study_to_mlflow`). ``mlflow`` is imported only inside it."""
+trial, idempotent (:func:`log_study_to_mlflow`). ``mlflow`` is imported only inside it; the tag names
+and the experiment/parent-run set-up are :mod:`harness.mlflow_runs`'s (shared with ``harness.tracking``)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,20 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from harness.mlflow_runs import (
+    KIND_STUDY,
+    TAG_KIND,
+    TAG_PARENT_RUN,
+    TAG_STORAGE,
+    TAG_STUDY,
+    TAG_TRIAL,
+    TAG_TUNE_ON,
+    artifact_location as default_artifact_location,
+    experiment_id,
+    parent_run,
+)
 from harness.tuning.result import StudyResult
 from harness.tuning.spec import SweepSpec
-
-
-def _default_artifact_location(tracking_uri: str, results_dir: str, experiment: str) -> Optional[str]:
-    """``<results>/mlartifacts/<experiment>`` (absolute, as MLflow 3 needs with a local store; the
-    layout of ``harness.tracking``); a tracking server chooses its own."""
-    if tracking_uri.startswith(("http://", "https://", "databricks")):
-        return None
-    return (Path(results_dir).resolve() / "mlartifacts" / experiment).as_uri()
 
 
 def log_study_to_mlflow(
@@ -29,8 +34,9 @@ def log_study_to_mlflow(
 ) -> str:
     """A parent run per study and a child run per complete trial, in batches; idempotent.
 
-    Re-logging the same study reuses its parent run (tag ``optuna_study`` + ``optuna_storage``) and
-    skips trials already logged (tag ``optuna_trial``). Returns the parent run id.
+    Re-logging the same study reuses its parent run (tag ``bikebench.parent_key`` = ``study:<study>``,
+    with the same ``optuna_storage``) and skips trials already logged (tag ``optuna_trial``). Returns the
+    parent run id.
     """
     import optuna
     from mlflow.entities import Metric, Param, RunTag
@@ -38,27 +44,17 @@ def log_study_to_mlflow(
 
     client = MlflowClient(tracking_uri=tracking_uri)
     exp_name = spec.experiment or "bikebench-tune"
-    exp = client.get_experiment_by_name(exp_name)
-    if exp is None:
-        location = artifact_location or _default_artifact_location(tracking_uri, spec.results_dir, exp_name)
-        exp_id = client.create_experiment(exp_name, artifact_location=location)
-    else:
-        exp_id = exp.experiment_id
+    location = artifact_location or default_artifact_location(tracking_uri, spec.results_dir, exp_name)
+    exp_id = experiment_id(client, exp_name, location)
     metric_key = spec.objective
-    base_tags = {"bikebench_kind": "study", "optuna_study": spec.study, "optuna_storage": result.storage}
-    found = client.search_runs(
-        [exp_id],
-        filter_string=f"tags.optuna_study = '{spec.study}' and tags.bikebench_kind = 'study'",
-        max_results=50,
-    )
-    parent = next((r for r in found if r.data.tags.get("optuna_storage") == result.storage), None)
-    if parent is None:
-        parent = client.create_run(exp_id, run_name=spec.study, tags=base_tags)
+    base_tags = {TAG_KIND: KIND_STUDY, TAG_STUDY: spec.study, TAG_STORAGE: result.storage}
+    parent = parent_run(client, exp_id, f"study:{spec.study}", spec.study, tags=base_tags,
+                        match={TAG_KIND: KIND_STUDY, TAG_STORAGE: result.storage})
     parent_id = parent.info.run_id
     children = client.search_runs(
-        [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=50_000
+        [exp_id], filter_string=f"tags.`{TAG_PARENT_RUN}` = '{parent_id}'", max_results=50_000
     )
-    logged = {r.data.tags.get("optuna_trial") for r in children}
+    logged = {r.data.tags.get(TAG_TRIAL) for r in children}
     now = int(time.time() * 1000)
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         if str(t.number) in logged:
@@ -69,7 +65,7 @@ def log_study_to_mlflow(
             exp_id,
             run_name=f"{spec.study}-trial-{t.number}",
             start_time=int(t.datetime_start.timestamp() * 1000) if t.datetime_start else ts,
-            tags={"mlflow.parentRunId": parent_id, "optuna_trial": str(t.number), "optuna_study": spec.study, "tune_on": spec.tune_on},
+            tags={TAG_PARENT_RUN: parent_id, TAG_TRIAL: str(t.number), TAG_STUDY: spec.study, TAG_TUNE_ON: spec.tune_on},
         )
         client.log_batch(
             child.info.run_id,
@@ -79,7 +75,7 @@ def log_study_to_mlflow(
         client.set_terminated(child.info.run_id, end_time=ts)
     flat = {f"best_{k}": v for k, v in result.best_params.items()}
     tags = {
-        "tune_on": spec.tune_on,
+        TAG_TUNE_ON: spec.tune_on,
         "split": result.split,
         "source_run": result.extras.get("source_run", ""),
         "lam_mode": "exact" if spec.space.exact_lambda else "sampled",

@@ -1,6 +1,6 @@
 """Attribute sentences and their scores, through the frozen text tower.
 
-:func:`attribute_sentence` builds a video's sentence from its top-``k`` phrases;
+:func:`attribute_sentence` (``bike.text``) builds a video's sentence from its top-``k`` phrases;
 :class:`SentenceEmbeddingCache` encodes each distinct sentence once (kept on disk across trials and
 processes); :class:`AttributeScorer` turns them into ``S_A(k)``; :class:`TextSide` is the text side
 of the attributes branch and :class:`EngineTextSideFactory` builds the source run's own.
@@ -11,38 +11,23 @@ Shapes: N videos, K classes, D text embedding width, U distinct sentences.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
+from bike.config import DEFAULT_PROMPT
 from bike.engine.caches import CacheError, ScoreCache
+from bike.rundir import CONFIG_FILE, atomic_write_npz
+from bike.text import DEFAULT_SEPARATOR, attribute_sentence
 
 log = logging.getLogger(__name__)
 
 EncodeSentences = Callable[[list[str]], np.ndarray]
-#: The category/attribute prompt of the published configs (RunConfig.model.prompt).
-DEFAULT_PROMPT = "This is a video about {}"
 
 
 # ======================================================================== attribute sentences/scores
-def attribute_sentence(
-    phrases: Sequence[str], k: int, prompt: str = DEFAULT_PROMPT, separator: str = ",", use_prompt: bool = True
-) -> str:
-    """The attribute sentence: ``prompt`` filled with the top-``k`` phrases joined by ``separator``.
-
-    The contract of ``bike.attributes.attribute_sentence`` (official code: a bare comma,
-    ``"This is a video about a,b,c"``), without importing torch; a test checks the two agree.
-    """
-    if k < 1:
-        raise ValueError(f"attribute_sentence: k={k}; expected >= 1")
-    joined = separator.join(list(phrases)[:k])
-    return prompt.format(joined) if use_prompt else joined
-
-
 def _l2_normalise(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     norm = np.linalg.norm(x, axis=-1, keepdims=True)
@@ -107,12 +92,9 @@ class SentenceEmbeddingCache:
             return
         merged = self._read()
         merged.update(self._emb)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".sentences-", suffix=".npz")
-        os.close(fd)
         keys = list(merged)
-        np.savez(tmp, sentences=np.array(keys, dtype=str), emb=np.stack([merged[s] for s in keys]), encoder_id=np.array(self.encoder_id))
-        os.replace(tmp, self.path)
+        atomic_write_npz(self.path, sentences=np.array(keys, dtype=str), emb=np.stack([merged[s] for s in keys]),
+                         encoder_id=np.array(self.encoder_id))
         self._dirty = False
 
 
@@ -132,7 +114,7 @@ class TextSide:
     class_emb: np.ndarray
     encoder_id: str
     prompt: str = DEFAULT_PROMPT
-    separator: str = ","
+    separator: str = DEFAULT_SEPARATOR
     use_prompt: bool = True
 
     def sentence(self, phrases: Sequence[str], k: int) -> str:
@@ -169,12 +151,14 @@ class AttributeScorer:
 # ========================================================================== the engine's text side
 @dataclass(frozen=True)
 class EngineTextSideFactory:
-    """The default text side: the source run's own attributes branch, built as evaluation builds it.
+    """The default text side: the source run's own attributes branch, as ``bike.evaluate.load_run_model``
+    loads it.
 
-    ``bike.engine.runner.build_model`` + the run's weights (its ``checkpoints/best.pt``, else
-    ``latest.pt``, else ``init_from``, else the pretrained CLIP as it is, seeded like evaluation), then
+    The run's model for the cache's classes (its ``checkpoints/best.pt``, else ``latest.pt``, else
+    ``init_from``, else the pretrained CLIP as it is, seeded like evaluation), then
     ``AttributesBranch.encode`` on the sentences and on the class texts; a trained run's sentence and
-    class heads are applied to each side (the score is their cosine). Only the text tower runs: no
+    class heads are applied to each L2-normalised side, as ``AttributesBranch.forward`` does (the
+    score is their cosine). Only the text tower runs: no
     video is decoded and the video branch never runs. Picklable, for worker processes.
     """
 
@@ -182,42 +166,29 @@ class EngineTextSideFactory:
 
     def __call__(self, cache: ScoreCache) -> TextSide:
         import torch
+        import torch.nn.functional as F
 
-        from bike.engine import runner
-        from bike.engine.checkpoint import load_checkpoint, resolve_init_checkpoint
-        from bike.engine.train_loop import reseed
+        from bike.evaluate import load_run_model
 
         cfg = cache.config
         if not cfg.attributes.enabled:
-            raise CacheError(f"{cache.run_dir / 'config.yaml'}: attributes.enabled is false; there is no attributes branch to re-score with")
-        device = torch.device(self.device)
-        reseed(cfg.seed)  # as evaluation does before building (matters for random initialisation only)
-        model = runner.build_model(cfg, list(cache.classes), device)
-        weights = None
-        if (cache.run_dir / "checkpoints").is_dir():
-            try:
-                weights = resolve_init_checkpoint(cache.run_dir)
-            except FileNotFoundError:
-                weights = None
-        if weights is None and cfg.init_from:
-            weights = resolve_init_checkpoint(cfg.init_from)
-        if weights is not None:
-            model.load_weights(load_checkpoint(weights, map_location=device)["model"], str(weights))
-        model.eval()
-        branch, backbone = model.attributes, model.backbone
+            raise CacheError(f"{cache.run_dir / CONFIG_FILE}: attributes.enabled is false; there is no attributes branch to re-score with")
+        model, _, weights = load_run_model(cache.run_dir, self.device, class_names=list(cache.classes), config=cfg)
+        branch, backbone = model.attributes, model.attribute_text_encoder
 
         def encode(sentences: list[str]) -> np.ndarray:
             with torch.no_grad():
                 emb = branch.encode(backbone, sentences)
                 if branch.heads is not None:
-                    emb = branch.heads.sentence_head(emb)
+                    emb = branch.heads.sentence_head(F.normalize(emb, dim=-1))
                 return emb.float().cpu().numpy()
 
         with torch.no_grad():
             class_emb = branch.encode(backbone, branch.class_texts(cache.classes))
             if branch.heads is not None:
-                class_emb = branch.heads.class_head(class_emb)
-        encoder_id = f"{cfg.content_hash()}|{weights or 'no-weights'}"
+                class_emb = branch.heads.class_head(F.normalize(class_emb, dim=-1))
+        # "normalised-heads": sentence caches written before the heads saw normalised input are not reused
+        encoder_id = f"{cfg.content_hash()}|{weights or 'no-weights'}" + ("|normalised-heads" if branch.heads is not None else "")
         return TextSide(
             encode,
             class_emb.float().cpu().numpy(),

@@ -16,7 +16,7 @@ import submitit
 from harness.spec import ResourceSpec
 from harness.tuning.problem import ProblemFactory, k_high, make_objective
 from harness.tuning.spec import SweepSpecError
-from harness.tuning.storage import _create_study, grid_exhausted, make_sampler, trials_per_worker
+from harness.tuning.storage import _create_study, grid_exhausted, grid_space, make_sampler, trials_per_worker
 
 #: Seconds between polls of the worker array's jobs.
 DEFAULT_WORKER_POLL_S = 1.0
@@ -50,6 +50,61 @@ def recover_stale_trials(study: Any, worker: int) -> list[int]:
     return retried
 
 
+#: File in the study directory that serialises the grid workers' choice of their next point.
+GRID_LOCK = ".grid.lock"
+
+
+def _grid_loop(study: Any, objective: Callable[[Any], float], grid: dict[str, list], lock_path: Path, n_trials: int,
+               timeout_s: Optional[float], target_complete: Optional[int], done: list[int]) -> None:
+    """Run grid points one at a time, each at most once across every worker of the study.
+
+    Optuna's grid sampler hands a point that another worker is still running to an idle worker (a
+    duplicate), and two workers may choose together. Here a worker chooses under a file lock shared
+    by the study's workers: a queued re-run of an interrupted trial first, else the first point that
+    no trial has taken (complete, running or queued), enqueued and asked in the same locked step;
+    with none left it stops.
+    """
+    import fcntl
+    import itertools
+
+    import optuna
+
+    states = optuna.trial.TrialState
+    names = sorted(grid)
+    points = [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    for _ in range(n_trials):
+        if timeout_s is not None and time.monotonic() - start >= timeout_s:
+            return
+        with open(lock_path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                trials = study.get_trials(deepcopy=False)
+                if target_complete is not None and sum(t.state == states.COMPLETE for t in trials) >= target_complete:
+                    return
+                if not any(t.state == states.WAITING for t in trials):
+                    taken = [{n: t.params.get(n, (t.system_attrs.get("fixed_params") or {}).get(n)) for n in names}
+                             for t in trials if t.state in (states.COMPLETE, states.RUNNING, states.WAITING)]
+                    free = [p for p in points if p not in taken]
+                    if not free:
+                        return
+                    study.enqueue_trial(free[0], skip_if_exists=False)
+                trial = study.ask()
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            study.tell(trial, state=states.PRUNED)
+            continue
+        except BaseException:
+            study.tell(trial, state=states.FAIL)
+            raise
+        study.tell(trial, value)
+        done.append(int(trial.number))
+
+
 def _worker_main(factory: ProblemFactory, storage: str, worker: int, target_complete: Optional[int] = None) -> list[int]:
     """One worker: build the problem, join the study, run ``spec.n_trials`` trials.
 
@@ -80,6 +135,11 @@ def _worker_main(factory: ProblemFactory, storage: str, worker: int, target_comp
 
     callbacks: list[Callable] = [record]
     if grid_exhausted(spec, study, kmax):
+        return done
+    grid = grid_space(spec, kmax) if spec.sampler == "grid" else {}
+    if grid:
+        _grid_loop(study, objective, grid, Path(spec.study_dir()) / GRID_LOCK, trials_per_worker(spec),
+                   spec.timeout_s, target_complete, done)
         return done
     if target_complete is not None:
         from optuna.study import MaxTrialsCallback

@@ -1,4 +1,4 @@
-"""bike.attributes: lexicons, phrase ranking against a loop reference, sentences, heads and branch."""
+"""bike.attributes: lexicons, phrase ranking against a loop reference, heads and branch (the sentence: test_text.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import torch
 from bike.attributes import (
     AttributeHeads,
     AttributesBranch,
-    attribute_sentence,
     encode_phrases,
     generate_attributes,
     load_lexicon,
@@ -111,19 +110,6 @@ def test_generate_attributes_from_clip_batches(tiny, rng):
     assert all(p in load_lexicon("k400") for p in from_loader[0])
     with pytest.raises(ValueError, match="no video"):
         generate_attributes(tiny, [], PHRASES, max_k=2)
-
-
-def test_attribute_sentence():
-    phrases = ["juggling soccer ball", "running on the grass", "shooting goal", "extra"]
-    assert attribute_sentence(phrases, 3) == (
-        "This is a video about juggling soccer ball,running on the grass,shooting goal"
-    )
-    assert attribute_sentence(phrases, 2, use_prompt=False) == "juggling soccer ball,running on the grass"
-    assert attribute_sentence(phrases, 2, prompt="A video of {}.", separator=", ") == (
-        "A video of juggling soccer ball, running on the grass."
-    )
-    with pytest.raises(ValueError, match="k=0"):
-        attribute_sentence(phrases, 0)
 
 
 def test_attribute_heads_structure_and_init():

@@ -112,3 +112,44 @@ def test_main_and_idempotence(data, tmp_path):
     assert evaluate_mod.main(argv) == 0
     assert json.loads((tmp_path / "r" / "result.json").read_text()) == first
     assert first["run_id"] == cfg.content_hash() and first["selected_on"] is None
+
+
+def test_load_run_model_gives_the_scores_the_run_cached(data, tmp_path):
+    """A trained run's model, loaded from its directory alone, scores the validation videos as the
+    run's own evaluation did (video logits and attribute scores in ``cache/val/``)."""
+    import torch
+
+    import bike.train as train_mod
+    from bike.engine.caches import load_score_cache
+    from bike.engine.datasets import build_dataset, eval_loader, split_records
+    from bike.engine.eval_loop import attribute_scores
+
+    cfg = tiny_config(data, attributes={"enabled": True}, train={"epochs": 1, "batch_size": 3, "warmup_epochs": 0})
+    run = tmp_path / "run"
+    train_mod.run(cfg, run, progress=False)
+    cache = load_score_cache(run, "val")
+
+    model, config, weights = evaluate_mod.load_run_model(run)
+    assert config == cfg and weights == run / "checkpoints" / "best.pt" and not model.training
+    records, _ = split_records(config, "val")
+    dataset = build_dataset(config, records, train=False, num_classes=len(cache.classes), views=(1, 1),
+                            mean=model.backbone.image_mean, std=model.backbone.image_std)
+    logits = {}
+    with torch.no_grad():
+        for batch in eval_loader(dataset, 4, 0, 1, 0):
+            logits.update(zip(batch.video_ids, model(batch.clips).numpy()))
+    assert sorted(logits) == sorted(cache.video_ids)
+    np.testing.assert_allclose(np.stack([logits[v] for v in cache.video_ids]), cache.video_scores, rtol=1e-4, atol=1e-5)
+    attr = attribute_scores(model, cache.video_ids, dict(zip(cache.video_ids, cache.attributes)))
+    np.testing.assert_allclose(attr, cache.attr_scores, rtol=1e-4, atol=1e-5)
+
+    # the check can fail: the same model without the run's weights scores differently
+    (run / "checkpoints" / "best.pt").rename(run / "best.pt.away")
+    (run / "checkpoints" / "latest.pt").rename(run / "latest.pt.away")
+    fresh, _, none = evaluate_mod.load_run_model(run)
+    assert none is None
+    with torch.no_grad():
+        clips = next(iter(eval_loader(dataset, 4, 0, 1, 0)))
+        assert not np.allclose(fresh(clips.clips).numpy(), np.stack([logits[v] for v in clips.video_ids]), atol=1e-3)
+    with pytest.raises(FileNotFoundError, match="config.yaml"):
+        evaluate_mod.load_run_model(tmp_path / "nothing")

@@ -95,3 +95,14 @@ def test_holdout_split_is_stratified_and_disjoint(tmp_path):
     assert [sum(r.label == c for r in held) for c in range(3)] == [1, 2, 3]
     assert len(kept) + len(held) == 60 and not set(r.video_id for r in kept) & set(r.video_id for r in held)
     assert holdout_split(recs, 0.1, seed=0) == (kept, held)
+
+
+def test_k600_splits_read_the_released_csv_with_its_header(tmp_path):
+    """The released k160_labels_split{1,2,3}.csv: an ``id,name`` header, then ``<id in the split>,<K600 name>``."""
+    k600 = ["abseiling", "acting in play", "adjusting glasses", "arguing", "zumba"]
+    (tmp_path / "k160_labels_split1.csv").write_text("id,name\n0,acting in play\n1,adjusting glasses\n2,arguing\n")
+    (split,) = k600_splits([tmp_path / "k160_labels_split1.csv"], k600, split_size=3)
+    assert split.tolist() == [1, 2, 3]
+    (tmp_path / "bad.csv").write_text("id,name\n0,acting in play\n1,not a k600 class\n")
+    with pytest.raises(Exception, match=r"bad\.csv:3: class 'not a k600 class' is not in the class file"):
+        k600_splits([tmp_path / "bad.csv"], k600)

@@ -131,3 +131,20 @@ def test_mean_pool_matches_loop_reference(rng):
         acc = acc / 5
         torch.testing.assert_close(out[b], acc / acc.norm(), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(out.norm(dim=-1), torch.ones(3))
+
+
+def test_layer_norm_epsilon_is_the_released_heads():
+    """The released video head's TemporalTransformer builds its LayerNorms with eps=1e-12."""
+    from bike.config import RunConfig
+    from bike.video_branch import VideoBranch
+
+    branch = VideoBranch.from_config(RunConfig().model, 32)
+    norms = [m for m in branch.temporal.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 2 * 6 and all(m.eps == 1e-12 for m in norms)
+    # the LayerNorm is the textbook one at that ε: (x - mean) / sqrt(var + 1e-12) * w + b
+    x = torch.randn(4, 32) * 1e-5  # small activations, where ε matters
+    ln = norms[0]
+    with torch.no_grad():
+        ln.weight.normal_(), ln.bias.normal_()
+        ref = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + 1e-12) * ln.weight + ln.bias
+        torch.testing.assert_close(ln(x), ref, atol=1e-4, rtol=1e-4)

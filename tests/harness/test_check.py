@@ -12,7 +12,6 @@ import pytest
 from harness.check import (
     CheckError,
     Tolerances,
-    add_check_arguments,
     check_main,
     compare_with_baseline,
     compare_with_paper,
@@ -20,9 +19,9 @@ from harness.check import (
     load_baseline,
     load_results,
     load_tolerances,
-    run_from_args,
     write_baseline,
 )
+from harness.cli import add_check_arguments, run_from_args
 from harness.registry import load_registry
 
 SMOKE = [

@@ -208,3 +208,25 @@ def test_the_slurm_docs_worked_example_is_the_shipped_spec():
     shipped = REPO / "experiments" / "k400_slurm.yaml"
     assert yaml.safe_load(block.group(1)) == yaml.safe_load(shipped.read_text())
     assert load_spec(shipped).variants.keys() == {"video", "attributes"}
+
+
+def test_builtin_scale_replacing_an_explicit_spec_value_warns(tmp_path):
+    import warnings
+
+    from harness.spec import ScaleOverrideWarning
+    from tests.harness.worldstub import fake_world as stub_world
+
+    body = {**BASE, "model": {"backbone": "bike-tiny", "frames": 16}}
+    spec = load_spec(write_spec(tmp_path, body))
+    world = stub_world(tmp_path)
+    with pytest.warns(ScaleOverrideWarning) as caught:
+        cfg = resolve_config(spec, "base", "smoke", world=world)
+    assert cfg.model.frames == 8  # the built-in smoke scale still wins: only the silence is gone
+    (msg,) = [str(w.message) for w in caught if issubclass(w.category, ScaleOverrideWarning)]
+    assert "model.frames = 16 (spec) -> 8" in msg and "scales.smoke" in msg
+    assert "model.backbone" not in msg  # the same value is no replacement
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScaleOverrideWarning)
+        assert resolve_config(spec, "base", "full").model.frames == 16
+        kept = load_spec(write_spec(tmp_path, {**body, "scales": {"smoke": {"model.frames": 16}}}, "kept.yaml"))
+        assert resolve_config(kept, "base", "smoke", world=world).model.frames == 16

@@ -12,7 +12,8 @@ import pytest
 from bike.config import RunConfig
 from harness.expand import expand
 from harness.spec import load_spec
-from harness.table6 import TABLE6_LAMBDA, TABLE6_SPEC, collect_cells, plain_markdown, result_metric, run_table6, study_lambda_cells
+from harness.drive import collect_cells, result_metric
+from harness.table6 import TABLE6_LAMBDA, TABLE6_SPEC, plain_markdown, run_table6, study_lambda_cells
 from harness.tuning import StudyLambdaError, load_study_lambda
 from harness.tracking import TAG_PARENT_KEY, TAG_RUN_ID, Tracker, default_tracking_uri
 from tests.harness.worldstub import fake_world
@@ -162,11 +163,13 @@ def test_the_real_engine_plugs_in(tmp_path):
     """bike.train / bike.evaluate (the default job kinds) through the harness: stage 1, stage 2, eval."""
     import yaml
 
-    from harness.table6 import run_specs
+    from harness.drive import run_specs
 
     body = {"name": "engine", "family": "general", "dataset": _tiny_dataset(tmp_path / "data"),
             "model": {"backbone": "bike-micro", "pretrained": None, "frames": 2, "resolution": 32, "temporal_layers": 1},
-            "attributes": {"lexicon": str(tmp_path / "data" / "lexicon.txt"), "max_attributes": 4, "num_attributes": 2},
+            "attributes": {"lexicon": str(tmp_path / "data" / "lexicon.txt"), "max_attributes": 4, "num_attributes": 2,
+                           "text_encoder": "bike-micro", "text_encoder_pretrained": None,
+                           "generator_backbone": "bike-micro", "generator_pretrained": None},
             "train": {"epochs": 1, "batch_size": 4, "warmup_epochs": 0, "precision": "fp32", "log_every": 1},
             "eval": {"batch_size": 6},
             "variants": {

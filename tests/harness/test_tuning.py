@@ -17,23 +17,20 @@ import yaml
 
 from bike.config import ConfigError, RunConfig
 from harness.lambda_exact import exact_lambda_curve, fused_top1_full, transform_scores
+from bike.engine.caches import join_score_caches
 from harness.tuning import (
     CacheError,
-    EngineTextSideFactory,
-    IntRange,
     ProblemFactory,
-    SentenceEmbeddingCache,
     SweepSpec,
     SweepSpecError,
-    TextSide,
-    attribute_sentence,
-    join_score_caches,
     load_score_cache,
     load_sweep_spec,
-    make_objective,
     run_study,
     tune_main,
 )
+from harness.tuning.problem import make_objective
+from harness.tuning.sentences import EngineTextSideFactory, SentenceEmbeddingCache, TextSide
+from harness.tuning.spec import IntRange
 
 REPO = Path(__file__).resolve().parents[2]
 N_CLASSES = 6
@@ -106,7 +103,7 @@ def write_run(
     cfg = RunConfig(
         stage="eval",
         model={"backbone": "bike-micro", "pretrained": None, "frames": 2, "resolution": 32},
-        attributes={"num_attributes": K0, "max_attributes": MAX_ATTRS},
+        attributes={"num_attributes": K0, "max_attributes": MAX_ATTRS, "text_encoder": "bike-micro", "text_encoder_pretrained": None},
         eval={"split": split},
     )
     names = [f"cat{c}" for c in range(N_CLASSES)]
@@ -325,6 +322,8 @@ def test_run_study_writes_best_and_logs_to_mlflow(run_dir: Path, tmp_path: Path,
     exp = client.get_experiment_by_name("bikebench-tune")
     runs = client.search_runs([exp.experiment_id])
     parent = [r for r in runs if r.info.run_id == result.mlflow_run_id][0]
+    # the tag names of harness.tracking's parent runs (harness.mlflow_runs)
+    assert parent.data.tags["bikebench.parent_key"] == f"study:{spec.study}" and parent.data.tags["bikebench.kind"] == "study"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 8 and {"k", "lam"} <= set(children[0].data.params)
     assert parent.data.metrics["best_fused_top1"] == pytest.approx(result.best_value)
@@ -499,7 +498,8 @@ def test_a_worker_cut_off_by_its_time_limit_is_requeued_and_loses_nothing(run_di
     text_side = StallsInFirstWorkerTrial(os.getpid(), tmp_path / "stalled-once")
     result = run_study(spec, ProblemFactory(spec, str(run_dir), text_side=text_side), executor="local", poll_s=0.2,
                        log=lambda m: None)
-    from harness.tuning import RETRY_ATTR, WORKER_ATTR, open_storage
+    from harness.tuning import open_storage
+    from harness.tuning.workers import RETRY_ATTR, WORKER_ATTR
 
     assert (tmp_path / "stalled-once").exists()  # a trial did stall
     study = optuna.load_study(study_name="s1", storage=open_storage(url))
@@ -531,7 +531,8 @@ def test_debug_executor_runs_the_array_in_process(run_dir: Path, tmp_path: Path)
 
 def test_worker_resources_from_spec_and_command_line(run_dir: Path, tmp_path: Path) -> None:
     from harness.spec import ResourceSpec
-    from harness.tuning import resolve_storage, worker_parameters
+    from harness.tuning.storage import resolve_storage
+    from harness.tuning.workers import worker_parameters
 
     path = tmp_path / "sw.yaml"
     path.write_text(yaml.safe_dump({
@@ -654,16 +655,6 @@ def test_engine_text_side_reproduces_the_evaluated_attribute_scores(tmp_path: Pa
             EngineTextSideFactory()(cache)
 
 
-def test_sentences_match_the_engine_builder() -> None:
-    from bike.attributes import attribute_sentence as engine_sentence
-
-    phrases = ["juggling soccer ball", "running on the grass", "shooting goal"]
-    for k, use_prompt, sep in [(1, True, ","), (2, False, ", "), (5, True, ",")]:
-        assert attribute_sentence(phrases, k, "This is a video about {}", sep, use_prompt) == engine_sentence(
-            phrases, k, "This is a video about {}", sep, use_prompt
-        )
-
-
 def test_cli_tune_workers_executor_and_resources_override_the_sweep(tmp_path: Path, capsys) -> None:
     """`bikebench tune SWEEP --workers 2 --executor debug`: the command line beats the sweep's executor/workers;
     worker resources given on the command line reach the SLURM parameters (checked before any submission)."""
@@ -692,7 +683,7 @@ def test_cli_tune_workers_executor_and_resources_override_the_sweep(tmp_path: Pa
 def test_grid_workers_agree_on_the_points_so_interleaved_workers_never_repeat_one(run_dir: Path, tmp_path: Path) -> None:
     """Two workers' grid samplers on one storage, asking in turn while the other's trial runs: every
     point is handed out once (Optuna numbers grid points by its seed, so all workers share one seed)."""
-    from harness.tuning import make_sampler
+    from harness.tuning.storage import make_sampler
 
     spec = spec_for(run_dir, tmp_path, sampler="grid", space={"k": {"low": 1, "high": 8}}, workers=2)
     storage = optuna.storages.InMemoryStorage()

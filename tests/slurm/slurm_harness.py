@@ -2,7 +2,7 @@
 
 `write_tiny_dataset` writes a handful of real mp4s (three colour classes); `write_spec` writes a
 `full`-scale spec over them (bike-micro with random weights, 2 frames of 32 px, fp32), so no embedded
-world and no pretrained weights are needed. `drive` runs a spec through `harness.table6.run_specs`
+world and no pretrained weights are needed. `drive` runs a spec through `harness.drive.run_specs`
 with the SLURM executor; run as a module it does the same in a separate driver process
 (``python -m tests.slurm.slurm_harness SPEC RESULTS TRACKING_URI STEP_S`` from the repository root),
 which a test can kill.
@@ -79,7 +79,7 @@ def drive(spec_path: Path, results: Path, tracking_uri: str, target: Any = None,
     """``bikebench run SPEC --scale full --executor slurm`` through the Python API, with an optional
     job target for kind ``train`` (e.g. `slurm_jobs.SlowCounterTarget`) and resource overrides."""
     from harness.spec import load_spec
-    from harness.table6 import run_specs
+    from harness.drive import run_specs
 
     spec = load_spec(spec_path, [])
     return run_specs([spec], scale="full", cluster="slurm", results=results, tracking_uri=tracking_uri,

@@ -200,7 +200,7 @@ def test_attribute_scores_rank_in_the_order_asked_and_refuse_what_is_missing():
             return torch.tensor([[float(len(r)), float(len(r[0]))] for r in ranked])
 
     backbone = object()
-    model = SimpleNamespace(attributes=_Branch(), backbone=backbone, class_names=["x", "y"], eval=lambda: None)
+    model = SimpleNamespace(attributes=_Branch(), backbone=backbone, attribute_text_encoder=backbone, class_names=["x", "y"], eval=lambda: None)
     attrs = {"a": ["p"], "b": ["qq", "r", "s"], "c": ["ttt", "u"]}
     out = attribute_scores(model, ["c", "a", "b"], attrs)
     assert seen["ranked"] == [attrs["c"], attrs["a"], attrs["b"]]

@@ -12,7 +12,7 @@ NAMES = ["red ball", "blue square", "green cross"]
 def _cfg(**model):
     return RunConfig.model_validate({
         "model": {"backbone": "bike-micro", "pretrained": None, "frames": 2, "resolution": 32, "temporal_layers": 1, **model},
-        "attributes": {"enabled": True, "train": True},
+        "attributes": {"enabled": True, "train": True, "text_encoder": "bike-micro", "text_encoder_pretrained": None},
     })
 
 
@@ -66,3 +66,39 @@ def test_activation_checkpointing_is_a_field():
     logits = m(torch.randn(2, 2, 3, 32, 32, requires_grad=False))
     logits.sum().backward()
     assert m.backbone.model.visual.conv1.weight.grad is not None
+
+
+def test_attributes_use_their_own_text_encoder_when_it_is_another_model():
+    """Appendix A.2: the attribute sentences and class names are encoded by the text tower of another
+    CLIP (ViT-B/32 for every backbone); here bike-tiny (width 64) for a bike-micro run (width 32)."""
+    import torch.nn.functional as F
+
+    from bike.engine.eval_loop import attribute_scores
+    from bike.engine.model import attribute_text_encoder
+
+    torch.manual_seed(0)
+    cfg = RunConfig.model_validate({
+        "model": {"backbone": "bike-micro", "pretrained": None, "frames": 2, "resolution": 32, "temporal_layers": 1},
+        "attributes": {"enabled": True, "text_encoder": "bike-tiny", "text_encoder_pretrained": None, "num_attributes": 2},
+    })
+    assert not cfg.attributes.shares_text_tower(cfg.model)
+    m = BikeModel.from_config(cfg, NAMES)
+    enc = m.attribute_text_encoder
+    assert enc is not m.backbone and enc.embed_dim == 64 and m.backbone.embed_dim == 32
+    assert attribute_text_encoder("bike-tiny", None) is enc  # loaded once
+    assert not any(k.startswith(("_attribute", "attribute_text")) for k in m.state_dict())  # not in checkpoints
+    assert all(not p.requires_grad for p in enc.parameters())
+    ranked = {"v0": ["rolling", "red"], "v1": ["blue", "square"]}
+    scores = attribute_scores(m, ["v0", "v1"], ranked)
+    # reference: cosine of the separate text tower's embeddings of "prompt + attributes" and the prompted names
+    tok, model = enc.tokenize, enc.model
+    with torch.no_grad():
+        s = model.encode_text(tok(["This is a video about rolling,red", "This is a video about blue,square"]))
+        c = model.encode_text(tok([f"This is a video about {n}" for n in NAMES]))
+    expected = F.normalize(s, dim=-1) @ F.normalize(c, dim=-1).t()
+    torch.testing.assert_close(torch.from_numpy(scores), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_finetuning_a_separate_attribute_encoder_is_refused():
+    with pytest.raises(ValueError, match="finetune_text_tower needs the attribute encoder to be the run's own text tower"):
+        RunConfig.model_validate({"model": {"backbone": "ViT-L-14"}, "attributes": {"finetune_text_tower": True}})

@@ -58,7 +58,7 @@ def tiny_config(data: dict, **sections) -> RunConfig:
         "data": dict(data),
         "model": {"backbone": "bike-micro", "pretrained": None, "frames": 2, "resolution": 32, "temporal_layers": 1},
         "attributes": {"enabled": False, "lexicon": str(Path(data["root"]) / "lexicon.txt"), "max_attributes": 5,
-                       "num_attributes": 2},
+                       "num_attributes": 2, "text_encoder": "bike-micro", "text_encoder_pretrained": None},
         "train": {"epochs": 2, "batch_size": 4, "warmup_epochs": 1, "precision": "fp32", "log_every": 1,
                   "lr_new": 1e-3, "lr_clip": 1e-4},
         "eval": {"batch_size": 6},

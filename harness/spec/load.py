@@ -1,0 +1,131 @@
+"""Loading a spec: read the YAML, expand ``${ENV}``, validate every section, scale and variant in one
+pass (:func:`load_spec`, :func:`spec_from_dict`); every error names file, field, value and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+from pydantic import ValidationError
+
+from bike.config import format_validation_error, read_yaml_file
+from harness.spec.errors import SpecError, _format_pydantic
+from harness.spec.models import DATASET_EXTRA_FIELDS, SECTION_MODELS, WORLD_SPLITS, InitFromSpec, Spec
+from harness.spec.overrides import _is_placeholder, _section_fields, expand_env, flatten_overrides, parse_overrides
+
+
+def _check_values(section: str, values: Mapping[str, Any], source: str | Path, where: str) -> list[str]:
+    """Validate the given (non-placeholder) field values of one section; return error lines.
+
+    Cross-field checks (errors without a field location) wait for the full resolution.
+    """
+    cls = SECTION_MODELS[section]
+    data = {k: v for k, v in values.items() if not _is_placeholder(v) and k not in DATASET_EXTRA_FIELDS}
+    if section == "dataset" and "name" in values and not _is_placeholder(values["name"]):
+        data["dataset"] = values["name"]
+    lines: list[str] = []
+    if section == "dataset" and "world" in values:
+        world = values["world"]
+        if world not in (None, False, "auto") + WORLD_SPLITS:
+            lines.append(
+                f"  {where}.world: got {world!r}; expected one of {('auto',) + WORLD_SPLITS} or null"
+            )
+    try:
+        cls.model_validate(data)
+    except ValidationError as exc:
+        text = format_validation_error(source, exc, prefix=where)
+        for err, line in zip(exc.errors(), text.splitlines()[1:]):
+            if err["loc"]:
+                lines.append(line.replace(f"{where}.dataset:", f"{where}.name:"))
+    return lines
+
+
+def _check_top(name: str, value: Any, where: str) -> list[str]:
+    allowed: dict[str, tuple[Any, ...]] = {"profile": ("official", "paper"), "stage": ("video", "attributes", "eval")}
+    if name in allowed and value not in allowed[name]:
+        return [f"  {where}: got {value!r}; expected one of {allowed[name]}"]
+    if name == "seed" and (not isinstance(value, int) or isinstance(value, bool)):
+        return [f"  {where}: got {value!r}; expected an integer"]
+    if name == "init_from" and value is not None and not isinstance(value, str):
+        return [f"  {where}: got {value!r}; expected a checkpoint path (variants use init_from: {{variant: X}})"]
+    return []
+
+
+def _check_dotted(flat: Mapping[tuple[str, ...], Any], source: str | Path, where: str) -> list[str]:
+    by_section: dict[str, dict[str, Any]] = {}
+    lines: list[str] = []
+    for path, value in flat.items():
+        if len(path) == 1:
+            lines += _check_top(path[0], value, f"{where}.{path[0]}" if where else path[0])
+        else:
+            by_section.setdefault(path[0], {})[path[1]] = value
+    for section, values in by_section.items():
+        lines += _check_values(section, values, source, f"{where}.{section}" if where else section)
+    return lines
+
+
+# ---------------------------------------------------------------------------------- loading
+def load_spec(
+    path: str | Path,
+    overrides: Union[Sequence[str], Mapping[str, Any], None] = None,
+    env: Optional[Mapping[str, str]] = None,
+) -> Spec:
+    """Read, expand and validate a spec file; ``overrides`` are ``key=value`` strings or a dotted dict.
+
+    Raises :class:`SpecError` naming the file, the dotted field path, the value and what is allowed.
+    """
+    path = Path(path)
+    raw = read_yaml_file(path, SpecError, what="spec file")
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: <root>: got {type(raw).__name__}; expected a mapping of spec fields")
+    raw = expand_env(raw, path, env=env)
+    spec = spec_from_dict(raw, source=path)
+    spec._path = path.resolve()
+    if overrides:
+        cli = parse_overrides(overrides) if not isinstance(overrides, Mapping) else dict(overrides)
+        lines: list[str] = []
+        flat = flatten_overrides(cli, "command line", "", lines)
+        lines += _check_dotted(flat, "command line", "")
+        if lines:
+            raise SpecError("\n".join([f"command line (for {path}): invalid override(s)"] + lines))
+        spec._cli_overrides = cli
+    return spec
+
+
+def spec_from_dict(raw: Mapping[str, Any], source: str | Path = "<spec>") -> Spec:
+    """Validate an already-parsed spec mapping (no env expansion); see :func:`load_spec`."""
+    try:
+        spec = Spec.model_validate(dict(raw))
+    except ValidationError as exc:
+        raise SpecError(_format_pydantic(source, exc, "", Spec)) from None
+    spec._path = Path(str(source))
+    lines: list[str] = []
+    for section in SECTION_MODELS:
+        values: dict[str, Any] = getattr(spec, section)
+        for key in values:
+            if key not in _section_fields(section):
+                lines.append(
+                    f"  {section}.{key}: got {values[key]!r}; unknown field. Allowed: {', '.join(_section_fields(section))}"
+                )
+        known = {k: v for k, v in values.items() if k in _section_fields(section)}
+        lines += _check_values(section, known, source, section)
+    for scale, overrides in spec.scales.items():
+        where = f"scales.{scale}"
+        lines += _check_dotted(flatten_overrides(overrides, source, where, lines), source, where)
+    for vname, variant in spec.variants.items():
+        base = f"variants.{vname}"
+        lines += _check_dotted(flatten_overrides(variant.set, source, f"{base}.set", lines), source, f"{base}.set")
+        for scale, overrides in variant.scales.items():
+            where = f"{base}.scales.{scale}"
+            lines += _check_dotted(flatten_overrides(overrides, source, where, lines), source, where)
+        if isinstance(variant.init_from, InitFromSpec) and variant.init_from.spec is None:
+            if variant.init_from.variant not in spec.variants:
+                lines.append(
+                    f"  {base}.init_from.variant: got {variant.init_from.variant!r}; expected a variant of "
+                    f"this spec: {', '.join(spec.variants)}"
+                )
+            elif variant.init_from.variant == vname:
+                lines.append(f"  {base}.init_from.variant: got {vname!r}; a variant cannot start from itself")
+    if lines:
+        raise SpecError("\n".join([f"{source}: invalid spec ({len(lines)} error(s))"] + lines))
+    return spec

@@ -23,15 +23,8 @@ from torch import nn
 
 from bike.backbone import DEFAULT_TEMPLATE, ClipBackbone
 from bike.config import DEFAULT_NUM_ATTRIBUTES
-from bike.text import DEFAULT_SEPARATOR, attribute_sentence
+from bike.text import BUILTIN_LEXICONS, DEFAULT_SEPARATOR, LEXICON_DIR, attribute_sentence, lexicon_path  # noqa: F401
 
-#: Directory of the shipped lexicons.
-LEXICON_DIR: Path = Path(__file__).resolve().parent / "lexicons"
-#: Lexicons by name: the 400 Kinetics-400 classes and the 1000 ImageNet-1K classes (Table 6g).
-BUILTIN_LEXICONS: dict[str, Path] = {
-    "k400": LEXICON_DIR / "k400.txt",
-    "imagenet1k": LEXICON_DIR / "imagenet1k.txt",
-}
 #: Phrases encoded per text-tower call.
 DEFAULT_BATCH_SIZE = 256
 #: Standard deviation of the heads' normal initialisation.
@@ -45,7 +38,7 @@ def load_lexicon(name_or_path: Union[str, Path]) -> list[str]:
     The file holds one phrase per line; blank lines and lines starting with ``#`` are ignored.
     """
     key = str(name_or_path)
-    path = BUILTIN_LEXICONS.get(key, Path(key).expanduser())
+    path = lexicon_path(key)
     if not path.is_file():
         raise FileNotFoundError(
             f"lexicon {key!r}: file {path} not found (built-in lexicons: {', '.join(BUILTIN_LEXICONS)}; "

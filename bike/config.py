@@ -115,6 +115,12 @@ class AttributesConfig(_Strict):
     train: bool = Field(False, description="Stage 2: train the attribute heads after the video branch.")
     finetune_text_tower: bool = False
 
+    def generator(self, model: "ModelConfig") -> tuple[str, Optional[str]]:
+        """(backbone, weights) of the CLIP that ranks the lexicon: the fields, else the run's model."""
+        if self.generator_backbone:
+            return self.generator_backbone, self.generator_pretrained
+        return model.backbone, self.generator_pretrained or model.pretrained
+
     def shares_text_tower(self, model: "ModelConfig") -> bool:
         """Whether the attribute text encoder is the run's own text tower (same model, same weights)."""
         return (self.text_encoder.replace("/", "-") == model.backbone.replace("/", "-")
@@ -252,6 +258,21 @@ class RunConfig(_Strict):
                 f"differs from model.backbone={self.model.backbone!r} ({self.model.pretrained!r})"
             )
         return self
+
+    def resolved(self) -> dict[str, Any]:
+        """The config as JSON-ready data with every value that depends on other fields filled in:
+        ``fusion.lam`` (the profile's λ), ``train.short_side``, the attribute generator and its
+        weights (null = the run's backbone), the lexicon as a file. What ``--dry-run --json`` shows."""
+        from bike.text import lexicon_path
+
+        data = self.model_dump(mode="json")
+        data["fusion"]["lam"] = self.fusion_lambda
+        data["train"]["short_side"] = self.short_side
+        a = self.attributes
+        data["attributes"]["generator_backbone"], data["attributes"]["generator_pretrained"] = a.generator(self.model)
+        data["attributes"]["lexicon"] = str(lexicon_path(a.lexicon))
+        data["attributes"]["text_encoder_shared"] = a.shares_text_tower(self.model)
+        return data
 
     @property
     def short_side(self) -> int:

@@ -46,6 +46,11 @@ def _submit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", choices=SCALE_CHOICES, default="smoke")
     parser.add_argument("--executor", choices=EXECUTOR_CHOICES, default="local", help="submitit cluster, never auto-detected")
     parser.add_argument("--dry-run", action="store_true", help="expand and show the submissions; submit nothing")
+    parser.add_argument("--json", action="store_true",
+                        help="with --dry-run: one JSON object per planned run (run_id, spec, variant, kind, dependencies, "
+                             "cells, resources, the complete resolved config) on stdout")
+    parser.add_argument("--show-config", action="store_true",
+                        help="with --dry-run: the same records as YAML, for people")
     parser.add_argument("--parallelism", type=int, default=1, help="local/debug: jobs at a time (default 1)")
     parser.add_argument("--no-track", action="store_true", help="do not log to MLflow (run `bikebench sync` later)")
     parser.add_argument("--poll", type=float, default=2.0, help="seconds between job polls")
@@ -157,19 +162,25 @@ def _resources(args: argparse.Namespace):
     return ResourceSpec(**top, **({"slurm": SlurmSpec(**slurm)} if slurm else {}))
 
 
-def _world(args: argparse.Namespace, results: Path, build: bool = True):
+def _world(args: argparse.Namespace, results: Path, build: bool = True, quiet: bool = False):
+    """The world provider of a command; ``quiet``: its line goes to stderr (stdout is machine output)."""
     from harness.expand import bike_world, default_world_root
 
     root = Path(args.world_root).resolve() if getattr(args, "world_root", None) else default_world_root(results)
+    stream = sys.stderr if quiet else sys.stdout
     return bike_world(root, size=getattr(args, "world_size", None), seed=getattr(args, "world_seed", None), build=build,
-                      log=lambda line: print(line, flush=True))
+                      log=lambda line: print(line, file=stream, flush=True))
 
 
 def _drive_kwargs(args: argparse.Namespace, results: Path) -> dict[str, Any]:
+    show = "json" if args.json else "yaml" if args.show_config else "text"
+    if show != "text" and not args.dry_run:
+        raise ConfigError(f"command line: --{'json' if args.json else 'show-config'} needs --dry-run")
     return dict(
         scale=args.scale, cluster=args.executor, results=results, tracking_uri=args.tracking_uri,
-        dry_run=args.dry_run, world=_world(args, results) if args.scale == "smoke" else None,
+        dry_run=args.dry_run, world=_world(args, results, quiet=show != "text") if args.scale == "smoke" else None,
         resources=_resources(args), parallelism=args.parallelism, poll_s=args.poll, track=not args.no_track,
+        show=show,
     )
 
 

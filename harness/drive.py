@@ -107,6 +107,26 @@ def log_to_mlflow(plan: Plan, results: Path, tracking_uri: Optional[str], log: C
         return message
 
 
+def plan_record(run: Any, action: Optional[str] = None) -> dict[str, Any]:
+    """One planned run as ``--dry-run --json`` prints it: identity, what asks for it, what it fills,
+    its dependencies and resources, and the complete resolved config (``RunConfig.resolved``)."""
+    spec, variant = run.requested_by[0]
+    return {
+        "run_id": run.run_id,
+        "spec": spec,
+        "variant": variant,
+        "requested_by": [f"{s}.{v}" for s, v in run.requested_by],
+        "kind": run.kind,
+        "stage": run.config.stage,
+        "scale": run.scale,
+        "action": action,
+        "dependencies": list(run.dependencies),
+        "cells": [{"table": c.table, "row": c.row, "column": c.column, "metric": c.metric} for c in run.cells],
+        "resources": run.resources.model_dump(mode="json", exclude_none=True),
+        "config": run.config.resolved(),
+    }
+
+
 def run_specs(
     specs: Sequence[Spec],
     scale: str = "smoke",
@@ -123,8 +143,12 @@ def run_specs(
     poll_s: float = 1.0,
     track: bool = True,
     log: Callable[[str], None] = print,
+    show: str = "text",
 ) -> DriveResult:
-    """Expand, submit, wait, log to MLflow and collect the cells of ``specs``."""
+    """Expand, submit, wait, log to MLflow and collect the cells of ``specs``.
+
+    ``show`` (with ``dry_run``): ``text`` (waves and runs, one line each), ``json`` (one JSON object
+    per planned run on stdout, :func:`plan_record`) or ``yaml`` (the same records as YAML documents)."""
     results = Path(results).resolve()
     needs_world = scale == "smoke"
     if world is None and needs_world:
@@ -133,6 +157,20 @@ def run_specs(
     runner = Runner(results, cluster, job_targets=job_targets, resources=resources, parallelism=parallelism,
                     poll_s=poll_s, log=log)
     outcomes = runner.execute(plan, dry_run=dry_run)
+    if dry_run and show in ("json", "yaml"):
+        import json
+        import sys
+
+        import yaml
+
+        for run in plan.runs:
+            record = plan_record(run, outcomes[run.run_id].action)
+            if show == "json":
+                sys.stdout.write(json.dumps(record, sort_keys=False) + "\n")
+            else:
+                sys.stdout.write("---\n" + yaml.safe_dump(record, sort_keys=False))
+        sys.stdout.flush()
+        return DriveResult(plan, outcomes)
     if dry_run:
         for sub in runner.submissions:
             log(f"wave {sub.wave}: {len(sub.run_ids)} run(s) {', '.join(sub.run_ids)} with {sub.parameters}")

@@ -47,11 +47,12 @@ SHARED_CACHE_ENV = "BIKE_SHARED_CACHE"
 def generator_signature(config: RunConfig) -> dict:
     """What determines the generated attributes (a cache is reusable when this matches)."""
     a, m = config.attributes, config.model
+    backbone, pretrained = a.generator(m)
     return {
         "format": ATTRIBUTES_FORMAT,
         "lexicon": a.lexicon,
-        "generator_backbone": a.generator_backbone or m.backbone,
-        "generator_pretrained": a.generator_pretrained if a.generator_backbone else (a.generator_pretrained or m.pretrained),
+        "generator_backbone": backbone,
+        "generator_pretrained": pretrained,
         "frames": m.frames,
         "resolution": m.resolution,
         "max_attributes": a.max_attributes,

@@ -81,6 +81,7 @@ def load_spec(
     raw = expand_env(raw, path, env=env)
     spec = spec_from_dict(raw, source=path)
     spec._path = path.resolve()
+    check_cells_exist(spec, path)
     if overrides:
         cli = parse_overrides(overrides) if not isinstance(overrides, Mapping) else dict(overrides)
         lines: list[str] = []
@@ -90,6 +91,30 @@ def load_spec(
             raise SpecError("\n".join([f"command line (for {path}): invalid override(s)"] + lines))
         spec._cli_overrides = cli
     return spec
+
+
+def check_cells_exist(spec: Spec, source: str | Path) -> None:
+    """Every cell a spec fills (or lists as paper-only) must be a published cell of the registry
+    (``harness/data/paper_numbers.yaml``); a typo or an invented row is refused, naming the spec, the
+    variant and the nearest registry keys."""
+    import difflib
+
+    from harness.registry import load_registry
+
+    known = sorted({f"{e.table}/{e.row}/{e.column}" for e in load_registry().entries})
+    known_set = set(known)
+    lines: list[str] = []
+    places = [(f"variants.{name}.cells", v.cells) for name, v in spec.variants.items()] + [("paper_only", spec.paper_only)]
+    for where, cells in places:
+        for i, cell in enumerate(cells):
+            key = f"{cell.table}/{cell.row}/{cell.column}"
+            if key not in known_set:
+                near = difflib.get_close_matches(key, known, n=3, cutoff=0.5) or [k for k in known if k.startswith(f"{cell.table}/")][:5]
+                lines.append(f"  {where}[{i}]: cell {key!r} is not in the registry of published numbers; nearest: "
+                             f"{', '.join(near) or 'none'}")
+    if lines:
+        raise SpecError("\n".join([f"{source}: {len(lines)} cell(s) that the paper does not have "
+                                    "(harness/data/paper_numbers.yaml)"] + lines))
 
 
 def spec_from_dict(raw: Mapping[str, Any], source: str | Path = "<spec>") -> Spec:

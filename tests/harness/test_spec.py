@@ -230,3 +230,17 @@ def test_builtin_scale_replacing_an_explicit_spec_value_warns(tmp_path):
         assert resolve_config(spec, "base", "full").model.frames == 16
         kept = load_spec(write_spec(tmp_path, {**body, "scales": {"smoke": {"model.frames": 16}}}, "kept.yaml"))
         assert resolve_config(kept, "base", "smoke", world=world).model.frames == 16
+
+
+def test_a_cell_the_paper_does_not_have_is_refused_with_the_nearest_keys(tmp_path):
+    body = {**BASE, "variants": {"base": {"cells": [{"table": "6a", "row": "ours", "column": "top1", "metric": "video_top1"}]}}}
+    with pytest.raises(SpecError) as err:
+        load_spec(write_spec(tmp_path, body))
+    text = str(err.value)
+    assert "spec.yaml" in text and "variants.base.cells[0]" in text and "'6a/ours/top1'" in text
+    assert "nearest:" in text and "6a/" in text
+
+
+def test_every_shipped_spec_fills_only_published_cells():
+    for path in sorted((Path(__file__).resolve().parents[2] / "experiments").glob("*.yaml")):
+        load_spec(path)  # raises on a cell the registry lacks

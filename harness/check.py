@@ -37,9 +37,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Optional, Sequence, TextIO, Union
@@ -512,18 +510,9 @@ def write_baseline(results: ResultsLike, path: Union[str, Path] = DEFAULT_BASELI
     scales = sorted({str(c.scale) for c in cells if c.scale is not None})
     if scales:
         payload["meta"].setdefault("scale", scales[0] if len(scales) == 1 else scales)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2, ensure_ascii=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from bike.rundir import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
 
 
 # -------------------------------------------------------------------------------------------- entry

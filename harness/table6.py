@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
+from bike.rundir import CONFIG_FILE
 from harness.drive import DriveResult, run_specs
 from harness.rundir import RunDir, atomic_write_json, atomic_write_text
 from harness.spec import load_spec
@@ -111,9 +112,9 @@ def study_lambda_cells(
         run_dir = RunDir.for_run(results, str(cell["run_id"])).path
         try:
             if cell["run_id"] not in caches:
-                if not (run_dir / "config.yaml").is_file():
+                if not (run_dir / CONFIG_FILE).is_file():
                     raise CacheError(f"{run_dir / 'config.yaml'}: file not found (the run's split, λ and transform come from it)")
-                config = RunConfig.from_yaml(run_dir / "config.yaml")
+                config = RunConfig.from_yaml(run_dir / CONFIG_FILE)
                 caches[cell["run_id"]] = load_score_cache(run_dir, config.eval.split)
             cache = caches[cell["run_id"]]
             if list(cache.classes) != list(study.classes):

@@ -28,6 +28,7 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+from bike.rundir import CONFIG_FILE, META_FILE  # noqa: E402
 from harness.mlflow_runs import (  # noqa: E402  (the tag names, shared with the studies' logging)
     TAG_BACKBONE,
     TAG_CLUSTER,
@@ -193,7 +194,7 @@ class Tracker:
             params = [Param(k, v) for k, v in config_params(config).items()]
             for chunk in _chunks(params, MAX_PARAMS_PER_BATCH):
                 self.client.log_batch(run.info.run_id, params=list(chunk))
-            for name in ("config.yaml", "meta.json"):
+            for name in (CONFIG_FILE, META_FILE):
                 if (rd.path / name).exists():
                     self.client.log_artifact(run.info.run_id, str(rd.path / name))
             run_id, tags = run.info.run_id, dict(run.data.tags)

@@ -44,10 +44,26 @@ AUG_FLIP_P = 0.5
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
+class _NoRandomInitWarning(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded ... initialized randomly": for the world's CLIP
+    that is the plan (it is pretrained next), not a problem."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
 def create_model(name: str, pretrained: Optional[str] = None) -> nn.Module:
     """An open_clip model of the tiny configs (registered here), optionally from a local checkpoint."""
     open_clip.add_model_config(MODEL_CONFIG_DIR)
-    return open_clip.create_model(name, pretrained=pretrained)
+    if pretrained is not None:
+        return open_clip.create_model(name, pretrained=pretrained)
+    quiet = _NoRandomInitWarning()
+    root = logging.getLogger()
+    root.addFilter(quiet)
+    try:
+        return open_clip.create_model(name, pretrained=None)
+    finally:
+        root.removeFilter(quiet)
 
 
 def image_stats(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor, int]:

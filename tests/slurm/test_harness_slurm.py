@@ -81,8 +81,8 @@ def _only_run(results: Path) -> RunDir:
 def test_sweep_runs_as_one_job_array_and_lands_in_mlflow(slurm_cluster, job_dir: Path, tiny_data: dict,
                                                         tracking_uri: str, capsys) -> None:
     variants = {
-        "mean": {"set": {"model.interaction": "mean"}, "cells": [{"table": "t", "row": "mean", "column": "top1", "metric": "top1"}]},
-        "vcs": {"set": {"model.interaction": "vcs"}, "cells": [{"table": "t", "row": "vcs", "column": "top1", "metric": "top1"}]},
+        "mean": {"set": {"model.interaction": "mean"}, "cells": [{"table": "6a", "row": "mean_pool", "column": "top1", "metric": "top1"}]},
+        "vcs": {"set": {"model.interaction": "vcs"}, "cells": [{"table": "6a", "row": "vcs", "column": "top1", "metric": "top1"}]},
     }
     spec = write_spec(job_dir / "sweep.yaml", "slurm_sweep", tiny_data, variants)
     results = job_dir / "results"

@@ -11,6 +11,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from bike.rundir import atomic_write_text
 from harness.tuning.problem import FusionProblem
 from harness.tuning.result import StudyResult
 from harness.tuning.spec import SweepSpec
@@ -24,7 +25,7 @@ def write_artifacts(spec: SweepSpec, study: Any, problem: FusionProblem, result:
     """
     out: dict[str, Path] = {}
     best_path = study_dir / "best.json"
-    best_path.write_text(json.dumps(result.to_json(), indent=2))
+    atomic_write_text(best_path, json.dumps(result.to_json(), indent=2))  # a reader never sees half a file
     out["best.json"] = best_path
     k = result.best_params.get("k")
     transform = result.extras.get("transform")

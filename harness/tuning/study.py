@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from bike.rundir import atomic_write_text
 from harness.spec import ResourceSpec
 from harness.tuning.artifacts import write_artifacts
 from harness.tuning.mlflow_log import log_study_to_mlflow
@@ -107,5 +108,5 @@ def run_study(
     write_artifacts(spec, study, problem, result, study_dir)
     if tracking_uri:
         result.mlflow_run_id = log_study_to_mlflow(spec, study, result, study_dir, tracking_uri, artifact_location)
-        (study_dir / "best.json").write_text(json.dumps(result.to_json(), indent=2))
+        atomic_write_text(study_dir / "best.json", json.dumps(result.to_json(), indent=2))
     return result

@@ -5,6 +5,7 @@ cached split at that λ (``bikebench table6 --lambda-from STUDY``, :mod:`harness
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,12 +128,15 @@ def read_study_lambda(path: str | Path) -> StudyLambda:
     if not 0.0 <= lam <= 1.0:
         raise StudyLambdaError(f"{path}: field 'best_lambda': expected a number in [0, 1], got {lam}")
     interval = need("lam_interval", list, "[lo, hi]")
-    if len(interval) != 2 or not all(isinstance(x, (int, float)) for x in interval):
-        raise StudyLambdaError(f"{path}: field 'lam_interval': expected [lo, hi], got {interval!r}")
+    if (len(interval) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in interval)
+            or not all(math.isfinite(x) and 0.0 <= x <= 1.0 for x in interval) or interval[0] > interval[1]):
+        raise StudyLambdaError(f"{path}: field 'lam_interval': expected [lo, hi] with 0 <= lo <= hi <= 1, got {interval!r}")
     tune_on = need("tune_on", str, "'holdout' or 'reported'")
     if tune_on not in ("holdout", "reported"):
         raise StudyLambdaError(f"{path}: field 'tune_on': expected 'holdout' or 'reported', got {tune_on!r}")
-    params = raw.get("best_params") or {}
+    params = raw.get("best_params", {})
+    if not isinstance(params, dict):
+        raise StudyLambdaError(f"{path}: field 'best_params': expected an object of parameter values, got {params!r}")
     return StudyLambda(
         path=path,
         study=need("study", str, "the study name"),
@@ -149,8 +153,14 @@ def read_study_lambda(path: str | Path) -> StudyLambda:
 
 
 def load_study_lambda(ref: str | Path, results_dir: str | Path = "results") -> StudyLambda:
-    """:func:`resolve_study_best` then :func:`read_study_lambda`."""
-    return read_study_lambda(resolve_study_best(ref, results_dir))
+    """:func:`resolve_study_best` then :func:`read_study_lambda`; a study named by ``ref`` must be the
+    study its ``best.json`` says (a copied or renamed directory is refused)."""
+    path = resolve_study_best(ref, results_dir)
+    study = read_study_lambda(path)
+    by_name = path.parent.parent == Path(results_dir) / "studies" and path.parent.name == str(ref)
+    if by_name and study.study != str(ref):
+        raise StudyLambdaError(f"{path}: field 'study': expected {str(ref)!r} (the study asked for), got {study.study!r}")
+    return study
 
 
 #: Metrics :func:`fused_metric` computes (bike.metrics, in percent like result.json).

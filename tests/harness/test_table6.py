@@ -432,3 +432,21 @@ def test_cli_table6_lambda_from(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(harness.table6, "run_table6", fake_run_table6)
     assert bikebench(["table6", "--scale", "full", "--results", str(results), "--lambda-from", "st", "--no-track"]) == 0
     assert seen["lambda_from"].best_lambda == 0.4 and seen["lambda_from"].study == "st"
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("lam_interval", [True, False], r"field 'lam_interval': expected \[lo, hi\] with 0 <= lo <= hi <= 1"),
+    ("lam_interval", [float("nan"), 0.5], r"field 'lam_interval': expected \[lo, hi\]"),
+    ("lam_interval", [0.6, 0.2], r"field 'lam_interval': expected \[lo, hi\] with 0 <= lo <= hi <= 1, got \[0.6, 0.2\]"),
+    ("best_params", [4, 0.3], r"field 'best_params': expected an object of parameter values, got \[4, 0.3\]"),
+    ("study", "another_study", r"field 'study': expected 'named' \(the study asked for\), got 'another_study'"),
+])
+def test_a_malformed_best_json_is_refused_naming_the_field(tmp_path, field, value, message):
+    results = tmp_path / "results"
+    best = _write_best(results / "studies/named/best.json", 0.3)
+    raw = json.loads(best.read_text())
+    assert load_study_lambda("named", results).best_lambda == 0.3  # the well-formed file reads
+    best.write_text(json.dumps({**raw, field: value}))
+    with pytest.raises(StudyLambdaError, match=message):
+        load_study_lambda("named", results)
+

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import warnings
 from typing import Any, Iterator, MutableMapping, Optional
 
@@ -38,6 +37,8 @@ PINNED_ENV: dict[str, str] = {
 PINNED_CAPABILITY = "AVX2"
 #: Intra-op threads of a pinned job or world build.
 PINNED_THREADS = 1
+#: Reasons already warned about in this process (a CPU without AVX2 is said once).
+_warned: dict[str, bool] = {}
 #: Version of the pinned settings above; part of the world's hash (a change rebuilds the world).
 NUMERICS_VERSION = 1
 
@@ -146,9 +147,3 @@ def pinned(enabled: bool = True, threads: int = PINNED_THREADS) -> Iterator[dict
         torch._C._set_nnpack_enabled(before[1])
         torch.set_num_threads(before[2])
 
-
-_warned: dict[str, bool] = {}
-
-
-def torch_imported() -> bool:
-    return "torch" in sys.modules

@@ -182,3 +182,20 @@ def read_json(path: str | os.PathLike) -> Optional[Any]:
         return json.loads(Path(path).read_text())
     except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         return None
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """An exclusive POSIX lock on the file ``path`` (created) while the block runs: serialises
+    processes on one machine and, with lockd, across NFS nodes (the world build, the shared attribute
+    store, the grid workers of a study)."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.lockf(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(handle, fcntl.LOCK_UN)

@@ -37,7 +37,7 @@ from bike.data.lists import VideoRecord
 from bike.engine.caches import attributes_cache_path
 from bike.engine.runner import reuse_sources
 from bike.engine.logging import RunLogger
-from bike.rundir import atomic_write_json
+from bike.rundir import atomic_write_json, file_lock
 
 ATTRIBUTES_FORMAT = 1
 #: Environment variable naming the directory of the cross-run store (unset: no store).
@@ -98,19 +98,12 @@ def shared_store_path(signature: dict) -> Optional[Path]:
 
 @contextlib.contextmanager
 def _store_lock(store: Optional[Path]) -> Iterator[None]:
-    """An exclusive POSIX lock on ``<store>.lock`` (works across processes and, with lockd, NFS nodes)."""
+    """An exclusive lock on ``<store>.lock`` (``bike.rundir.file_lock``); none without a store."""
     if store is None:
         yield
         return
-    import fcntl
-
-    store.parent.mkdir(parents=True, exist_ok=True)
-    with open(store.with_name(store.name + ".lock"), "a+") as handle:
-        fcntl.lockf(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.lockf(handle, fcntl.LOCK_UN)
+    with file_lock(store.with_name(store.name + ".lock")):
+        yield
 
 
 def ensure_attributes(

@@ -10,7 +10,6 @@ rebuild of the same world after a crash.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -18,7 +17,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 from bike.rundir import atomic_write_text
 from bike.world.config import Size, WorldConfig, world_config
@@ -199,16 +198,10 @@ def load_world(root: str | os.PathLike) -> WorldInfo:
     return WorldInfo.from_manifest(root, m)
 
 
-@contextlib.contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    import fcntl
+def _locked(root: Path):
+    from bike.rundir import file_lock
 
-    with open(root / LOCK, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return file_lock(root / LOCK)
 
 
 def _refuse_other_world(root: Path, size: str, seed: int) -> None:

@@ -64,35 +64,31 @@ def _grid_loop(study: Any, objective: Callable[[Any], float], grid: dict[str, li
     no trial has taken (complete, running or queued), enqueued and asked in the same locked step;
     with none left it stops.
     """
-    import fcntl
     import itertools
 
     import optuna
 
+    from bike.rundir import file_lock
+
     states = optuna.trial.TrialState
     names = sorted(grid)
     points = [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     for _ in range(n_trials):
         if timeout_s is not None and time.monotonic() - start >= timeout_s:
             return
-        with open(lock_path, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                trials = study.get_trials(deepcopy=False)
-                if target_complete is not None and sum(t.state == states.COMPLETE for t in trials) >= target_complete:
+        with file_lock(lock_path):
+            trials = study.get_trials(deepcopy=False)
+            if target_complete is not None and sum(t.state == states.COMPLETE for t in trials) >= target_complete:
+                return
+            if not any(t.state == states.WAITING for t in trials):
+                taken = [{n: t.params.get(n, (t.system_attrs.get("fixed_params") or {}).get(n)) for n in names}
+                         for t in trials if t.state in (states.COMPLETE, states.RUNNING, states.WAITING)]
+                free = [p for p in points if p not in taken]
+                if not free:
                     return
-                if not any(t.state == states.WAITING for t in trials):
-                    taken = [{n: t.params.get(n, (t.system_attrs.get("fixed_params") or {}).get(n)) for n in names}
-                             for t in trials if t.state in (states.COMPLETE, states.RUNNING, states.WAITING)]
-                    free = [p for p in points if p not in taken]
-                    if not free:
-                        return
-                    study.enqueue_trial(free[0], skip_if_exists=False)
-                trial = study.ask()
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                study.enqueue_trial(free[0], skip_if_exists=False)
+            trial = study.ask()
         try:
             value = objective(trial)
         except optuna.TrialPruned:

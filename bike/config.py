@@ -17,13 +17,45 @@ import math
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Profile = Literal["official", "paper"]
+#: Seeds are 63-bit non-negative integers (torch.manual_seed takes at most 64 bits).
+MAX_SEED = 2**63 - 1
+
+
+def _admits_bool(annotation: Any) -> bool:
+    """Whether a field annotation accepts ``True``/``False`` as such (``bool``, ``Any``, a union with bool)."""
+    import typing
+
+    if annotation is bool or annotation is Any:
+        return True
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is Literal:
+        return any(isinstance(a, bool) for a in args)
+    return any(_admits_bool(a) for a in args) if args else False
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, value: Any, info: Any) -> Any:
+        """``batch_size: true`` is not 1: a bool is accepted only where the field is a bool."""
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            if not _admits_bool(cls.model_fields[info.field_name].annotation):
+                raise ValueError("expected a number, not a boolean")
+        return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _finite_numbers(cls, value: Any) -> Any:
+        """``epochs: .inf`` or ``lr_new: .nan`` never reach a job."""
+        items = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+            raise ValueError("expected a finite number")
+        return value
 
 
 # Switches whose value depends on the fidelity profile: (section, field) -> {profile: value}.
@@ -33,6 +65,9 @@ PROFILE_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
     ("loss", "learn_logit_scale"): {"official": True, "paper": False},
     ("fusion", "transform"): {"official": "softmax", "paper": "cosine"},
     ("eval", "single_view_frame"): {"official": "first", "paper": "centre"},
+    ("train", "precision"): {"official": "fp16", "paper": "bf16"},
+    ("eval", "zero_shot_ties"): {"official": "torch_topk", "paper": "lowest_index"},
+    ("model", "vcs_renormalise"): {"official": False, "paper": True},
 }
 
 
@@ -59,6 +94,10 @@ class DataConfig(_Strict):
     dataset: str = Field("world", description="Dataset name, e.g. k400, k600, ucf101, hmdb51, anet, charades, world.")
     format: Literal["video_list", "frame_dir", "charades", "activitynet"] = "video_list"
     root: str = Field("", description="Directory the list entries are relative to.")
+    train_root: Optional[str] = Field(None, description=(
+        "Directory the train list's entries are relative to (null: root); the released configs give train and "
+        "val their own roots (e.g. ActivityNet's instance frames and whole-video frames)."))
+    val_root: Optional[str] = Field(None, description="Directory the val and test lists' entries are relative to (null: root).")
     train_list: Optional[str] = None
     val_list: Optional[str] = None
     test_list: Optional[str] = None
@@ -69,9 +108,17 @@ class DataConfig(_Strict):
     bad_video_threshold: float = Field(0.01, ge=0.0, le=1.0, description="Training fails past this share of bad videos.")
     skip_bad_eval: bool = Field(False, description="Evaluation skips (and reports) bad videos instead of failing.")
     multi_label: bool = False
+    expected_lines: dict[Literal["train", "val", "test", "classes"], int] = Field(default_factory=dict, description=(
+        "Entry lines (header rows aside) each list must have, keyed train / val / test (classes: the number of "
+        "classes); reading a list of another length is an error. The shipped specs give the released files' counts."))
     tuning_holdout: float = Field(0.0, ge=0.0, lt=1.0, description=(
         "Share of the training list held out for tuning (the `tune` split). 0: train on the whole list, as the "
         "paper and the released code do; set it only on a run that is tuned on (the smoke scale sets 0.1)."))
+
+    def root_for(self, split: str) -> str:
+        """Directory the entries of ``split``'s list are relative to (``train_root`` / ``val_root``, else ``root``)."""
+        specific = self.train_root if split in ("train", "tune") else self.val_root
+        return specific if specific else self.root
 
 
 class ModelConfig(_Strict):
@@ -87,11 +134,23 @@ class ModelConfig(_Strict):
     interaction: Literal["mean", "vcs"] = "vcs"
     vcs_tokens: Literal["all", "words"] = profile_default("model", "vcs_tokens")
     vcs_tau: float = Field(0.01, gt=0.0)
+    vcs_renormalise: bool = Field(profile_default("model", "vcs_renormalise"), description=(
+        "VCS logit as Eq. 2's cosine (the saliency-weighted video embedding re-normalised; paper) or its "
+        "plain dot product with the normalised [CLS] (released code)."))
     saliency_source: Literal["words", "cls"] = "words"
     recognition_source: Literal["cls", "words"] = "cls"
+    recognition_tokens: Literal["words", "all"] = Field("words", description=(
+        "With recognition_source=words (Table 6b 'Word Emb.'): average the class-name tokens (`words`, the "
+        "paper's text; the released code has no such path) or all 77 positions, padding included (`all`)."))
     prompt: str = DEFAULT_PROMPT
     finetune_category_encoder: bool = False
     activation_checkpointing: bool = False
+
+    @property
+    def needs_word_mask(self) -> bool:
+        """Whether the video branch needs the class-name mask: VCS over the words, or "Word Emb."
+        recognition over the class-name tokens (``bike.video_branch.VideoBranch.needs_word_mask``)."""
+        return self.vcs_tokens == "words" or (self.recognition_source == "words" and self.recognition_tokens == "words")
 
 
 class AttributesConfig(_Strict):
@@ -113,6 +172,9 @@ class AttributesConfig(_Strict):
     prompt_attributes: bool = True
     prompt_categories: bool = True
     train: bool = Field(False, description="Stage 2: train the attribute heads after the video branch.")
+    logit_scale: Literal["restart", "inherit"] = Field("restart", description=(
+        "Stage 2's logit scale: `restart` at its initial value (ln 1/loss.tau), as the released "
+        "train_attributes.py, which starts from a fresh CLIP; `inherit` continues stage 1's learned value."))
     finetune_text_tower: bool = False
 
     def generator(self, model: "ModelConfig") -> tuple[str, Optional[str]]:
@@ -167,14 +229,16 @@ class TrainConfig(_Strict):
     weight_decay: float = 0.2
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_epochs: float = Field(5, ge=0)
-    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    precision: Literal["fp32", "bf16", "fp16"] = Field(profile_default("train", "precision"), description=(
+        "Mixed precision on CUDA (CPU runs fp32): official fp16 autocast with a GradScaler (the released "
+        "`--precision amp`), paper bf16 (the text says only 'mixed precision')."))
     short_side: Optional[int] = Field(None, description="null: 256 (336 for 336-px models).")
     crop_area: tuple[float, float] = (0.08, 1.0)
     crop_aspect: tuple[float, float] = (3 / 4, 4 / 3)
     flip_p: float = 0.5
     grayscale_p: float = 0.2
     few_shot: Optional[int] = Field(None, ge=1, description="K videos per class from the training list.")
-    few_shot_seed: int = 0
+    few_shot_seed: int = Field(0, ge=0, le=MAX_SEED)
     max_steps: Optional[int] = Field(None, ge=1, description="Stop after this many optimiser steps (smoke runs).")
     log_every: int = Field(10, ge=1)
     select_on: Literal["val", "tune", "none"] = Field("val", description="Split that selects the best checkpoint.")
@@ -188,6 +252,9 @@ class EvalConfig(_Strict):
     protocol: Literal["closed", "zero_shot_half", "zero_shot_full", "zero_shot_k600", "multi_label"] = "closed"
     zero_shot_path: Literal["frame", "full"] = "frame"
     zero_shot_splits: int = Field(10, ge=1)
+    zero_shot_ties: Literal["torch_topk", "lowest_index"] = Field(profile_default("eval", "zero_shot_ties"), description=(
+        "Zero-shot top-k among equal scores: as the released accuracy() (`torch_topk`: the first k of "
+        "torch.topk(scores, 5)) or the lower class index first (`lowest_index`)."))
     k600_split_files: list[str] = Field(default_factory=list)
     batch_size: int = Field(32, ge=1)
     save_frame_embeddings: bool = False
@@ -207,7 +274,7 @@ class RunConfig(_Strict):
     name: str = "run"
     profile: Profile = "official"
     stage: Literal["video", "attributes", "eval"] = "video"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     init_from: Optional[str] = Field(None, description="Checkpoint file or run directory to start from.")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -326,10 +393,32 @@ def read_yaml_file(path: str | Path, error: type[Exception] = ConfigError, what:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise error(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a directory; expected a YAML {what}") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not a UTF-8 text file (byte {exc.start}: {exc.reason}); expected a YAML {what}") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
     try:
         return yaml.load(text, Loader=loader or yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        raise error(f"{path}: not valid YAML: {exc}") from None
+        raise error(f"{path}: not valid YAML: {short_text(str(exc), 1000)}") from None
+
+
+def short_text(text: str, limit: int = 200) -> str:
+    """``text`` cut to about ``limit`` characters, saying how much was left out (messages stay small)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def short_repr(value: Any, limit: int = 200) -> str:
+    """``repr(value)`` of at most about ``limit`` characters (a huge value never makes a huge message)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxstring, r.maxother, r.maxlist, r.maxdict, r.maxtuple, r.maxlevel = limit, limit, 10, 10, 10, 3
+    return short_text(r.repr(value), limit)
 
 
 def format_validation_error(source: str | Path, exc: Any, prefix: str = "") -> str:
@@ -339,11 +428,11 @@ def format_validation_error(source: str | Path, exc: Any, prefix: str = "") -> s
         loc = ".".join(str(p) for p in err["loc"])
         if prefix:
             loc = f"{prefix}.{loc}" if loc else prefix
-        got = err.get("input")
+        got = short_repr(err.get("input"))
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling; allowed fields are listed in bike/config.py)"
         elif err["type"] == "literal_error" and "expected" in err.get("ctx", {}):
             msg = f"expected one of {err['ctx']['expected']}"
-        lines.append(f"  {loc or '<root>'}: got {got!r}; {msg}")
+        lines.append(f"  {loc or '<root>'}: got {got}; {msg}")
     return "\n".join(lines)

@@ -70,15 +70,27 @@ def _check_scores(scores: np.ndarray, name: str = "scores") -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------- top-k
-def topk_accuracy(scores: ArrayLike, labels: ArrayLike, ks: Iterable[int] = (1, 5)) -> dict[str, Metric]:
+#: Tie rules of :func:`topk_accuracy`: a stable sort (lower class index first) or the released code's
+#: ``output.topk(max(ks), 1, True, True)`` (torch's own, implementation-defined order among equal scores).
+TIE_RULES = ("lowest_index", "torch_topk")
+
+
+def topk_accuracy(
+    scores: ArrayLike, labels: ArrayLike, ks: Iterable[int] = (1, 5), ties: str = "lowest_index"
+) -> dict[str, Metric]:
     """Top-k accuracy (percent) for each k, keyed ``"top{k}"``.
 
     scores: ``[N, K]`` (higher is better). labels: ``[N]`` class indices (rows with a negative label
     are unlabelled and skipped) or ``[N, K]`` multi-hot (a hit when any positive is in the top k;
     rows without positives are skipped). Ties are broken towards the lower class index (a stable
-    descending sort). Rows with a non-finite score count as misses. A k larger than K is not
-    computable: its value is NaN with every row skipped.
+    descending sort), or, with ``ties="torch_topk"`` (single-label only), as the released code's
+    ``accuracy()`` breaks them: the first k of ``torch.topk(scores, max(ks), sorted=True)``. Rows with
+    a non-finite score count as misses. A k larger than K is not computable: its value is NaN with
+    every row skipped.
     """
+    if ties not in TIE_RULES:
+        raise ValueError(f"ties={ties!r}; expected one of {TIE_RULES}")
+    ks = list(ks)
     s = _check_scores(to_numpy(scores).astype(np.float64, copy=False))
     y = to_numpy(labels)
     n, k_classes = s.shape
@@ -92,7 +104,10 @@ def topk_accuracy(scores: ArrayLike, labels: ArrayLike, ks: Iterable[int] = (1, 
         valid = y >= 0
         rows = np.nonzero(valid)[0]
         rank = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
-        rank[rows] = _true_rank(s[rows], y[rows])
+        if ties == "torch_topk":
+            rank[rows] = _topk_rank(s[rows], y[rows], min(max(ks), k_classes) if ks else 1)
+        else:
+            rank[rows] = _true_rank(s[rows], y[rows])
     elif y.ndim == 2:
         if y.shape != s.shape:
             raise ValueError(f"multi-hot labels shape {y.shape} differs from scores shape {s.shape}")
@@ -148,6 +163,17 @@ def _true_rank(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     higher = (scores > true[:, None]).sum(axis=1)
     tie_before = ((scores == true[:, None]) & (np.arange(k_classes)[None, :] < labels[:, None])).sum(axis=1)
     return higher + tie_before
+
+
+def _topk_rank(scores: np.ndarray, labels: np.ndarray, maxk: int) -> np.ndarray:
+    """Position of the true class in ``torch.topk(scores, maxk)`` per row ``[N]`` (``maxk`` when absent)."""
+    import torch
+
+    if len(scores) == 0:
+        return np.zeros(0, dtype=np.int64)
+    pred = torch.topk(torch.from_numpy(np.ascontiguousarray(scores)), maxk, dim=1, largest=True, sorted=True).indices.numpy()
+    hit = pred == labels[:, None]
+    return np.where(hit.any(axis=1), hit.argmax(axis=1), maxk).astype(np.int64)
 
 
 def topk_accuracy_rows(scores: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -213,13 +239,52 @@ def _torchnet_map(scores: np.ndarray, targets: np.ndarray) -> float:
     return float(ap.mean())
 
 
-def charades_running_map(scores: ArrayLike, targets: ArrayLike, batch_size: int) -> Metric:
+def distributed_sampler_steps(n: int, world_size: int, per_rank_batch: int, seed: int = 0) -> list[np.ndarray]:
+    """Row indices of each gathered step of the released Charades test loop.
+
+    ``torch.utils.data.DistributedSampler(dataset)`` (shuffle, ``seed`` 0, epoch 0): ``torch.randperm(n)``
+    under ``manual_seed(seed)``, padded with its own first indices to a multiple of ``world_size``, rank
+    ``r`` taking ``[r::world_size]``; step ``i`` gathers every rank's ``i``-th batch of ``per_rank_batch``,
+    rank 0 first (``all_gather``). Padding duplicates are counted, as the released test counts them.
+    """
+    import torch
+
+    if world_size < 1 or per_rank_batch < 1:
+        raise ValueError(f"world_size={world_size}, per_rank_batch={per_rank_batch}; expected >= 1")
+    g = torch.Generator()
+    g.manual_seed(seed)
+    order = torch.randperm(n, generator=g).tolist()
+    total = math.ceil(n / world_size) * world_size
+    padding = total - n
+    if padding <= n:
+        order += order[:padding]
+    else:
+        order += (order * math.ceil(padding / n))[:padding]
+    ranks = [order[r:total:world_size] for r in range(world_size)]
+    per_rank = total // world_size
+    return [
+        np.asarray([i for r in ranks for i in r[start:start + per_rank_batch]], dtype=np.int64)
+        for start in range(0, per_rank, per_rank_batch)
+    ]
+
+
+def charades_running_map(
+    scores: ArrayLike,
+    targets: ArrayLike,
+    batch_size: int,
+    world_size: Optional[int] = None,
+    sampler_seed: int = 0,
+) -> Metric:
     """The number the authors' Charades test prints (percent): NOT the mAP.
 
-    The official test feeds each (globally gathered) batch to a torchnet ``mAPMeter``, reads the mAP of
-    everything seen so far, and reports the batch-size-weighted average of these running values.
-    ``batch_size`` is the global batch of that loop (per-GPU batch × GPUs); rows are taken in order.
-    Classes without positives count as AP 0, as in torchnet. Counts are videos.
+    The official test (``test_charades.py``) feeds each globally gathered batch to a torchnet ``mAPMeter``,
+    reads the mAP of everything seen so far, and reports the batch-size-weighted average of these running
+    values (``AverageMeter.update(maper.value(), labels.size(0))``). ``batch_size`` is the global batch of
+    that loop (per-GPU batch × GPUs). Rows are taken in order, unless ``world_size`` is given: then in the
+    order of the released loop's shuffled ``DistributedSampler`` over that many GPUs
+    (:func:`distributed_sampler_steps`, padding included). Classes without positives count as AP 0, as
+    in torchnet. ``scores`` are what the meter saw: the released test softmaxes the view-averaged softmax
+    once more. Counts are videos.
     """
     s = _check_scores(to_numpy(scores).astype(np.float64, copy=True))
     t = to_numpy(targets)
@@ -231,11 +296,19 @@ def charades_running_map(scores: ArrayLike, targets: ArrayLike, batch_size: int)
     if n == 0:
         return Metric(math.nan, 0, 0)
     s[~np.isfinite(s)] = -np.inf
-    total, weight = 0.0, 0
-    for start in range(0, n, batch_size):
-        end = min(start + batch_size, n)
-        total += _torchnet_map(s[:end], t[:end]) * (end - start)
-        weight += end - start
+    if world_size is None:
+        steps = [np.arange(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
+    else:
+        if batch_size % world_size:
+            raise ValueError(f"batch_size={batch_size} is not a multiple of world_size={world_size} (per-GPU batch x GPUs)")
+        steps = distributed_sampler_steps(n, world_size, batch_size // world_size, sampler_seed)
+    order = np.concatenate(steps)
+    s, t = s[order], t[order]
+    total, weight, end = 0.0, 0, 0
+    for step in steps:
+        end += len(step)
+        total += _torchnet_map(s[:end], t[:end]) * len(step)
+        weight += len(step)
     return Metric(100.0 * total / weight, n, 0)
 
 

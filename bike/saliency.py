@@ -3,8 +3,10 @@
 For a video b and a class k, every selected text position l of the class prompt ("word") spreads one
 unit of attention over the T frames, ``softmax_t(cos(frame_t, word_l) / tau)``; the saliency of frame
 t is the average over the selected words. The class-specific video embedding is the saliency-weighted
-sum of the L2-normalised frames (not re-normalised, as in the released code), and the logit is its dot
-product with the L2-normalised class [CLS] embedding, i.e. ``Σ_t s_bkt · cos(frame_bt, cls_k)``.
+sum of the L2-normalised frames, and the logit is its dot product with the L2-normalised class [CLS]
+embedding, i.e. ``Σ_t s_bkt · cos(frame_bt, cls_k)`` (the released code: the sum is not
+re-normalised). With ``renormalise`` the logit is the cosine of Eq. 2 instead: that dot product
+divided by ``‖Σ_t s_bkt · frame_bt/‖frame_bt‖‖``, computed from the frames' Gram matrix ``[B, T, T]``.
 
 Memory: the largest intermediate is ``[B, T, K, L]`` (the word-to-frame similarities); the
 ``[B, K, T, D]`` weighted frames are never formed because the logit is computed as a saliency-weighted
@@ -55,6 +57,7 @@ def video_concept_spotting(
     token_mask: Optional[torch.Tensor] = None,
     tau: float = DEFAULT_TAU,
     return_saliency: bool = False,
+    renormalise: bool = False,
 ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """VCS logits (and saliency).
 
@@ -66,6 +69,8 @@ def video_concept_spotting(
             released code's choice).
         tau: softmax temperature over frames.
         return_saliency: also return the saliency.
+        renormalise: divide by the norm of the saliency-weighted video embedding (Eq. 2's cosine; the
+            ``paper`` profile) instead of leaving it as the released code does.
 
     Returns:
         logits ``[B, K]`` (unscaled, in [-1, 1]); with ``return_saliency`` also saliency ``[B, K, T]``
@@ -94,6 +99,10 @@ def video_concept_spotting(
         sal = (att * weights).sum(dim=-1)
     frame_cls = f @ c.t()  # [B, T, K] cos(frame, cls)
     logits = (sal * frame_cls).sum(dim=1)  # [B, K]
+    if renormalise:
+        gram = f @ f.transpose(1, 2)  # [B, T, T]
+        sq_norm = torch.einsum("btk,bts,bsk->bk", sal, gram, sal)  # ‖Σ_t s_t f_t‖² [B, K]
+        logits = logits / sq_norm.clamp_min(1e-12).sqrt()
     if return_saliency:
         return logits, sal.transpose(1, 2)
     return logits

@@ -6,8 +6,9 @@ class vector) or by Video Concept Spotting (``bike.saliency``). The logits are u
 the loss multiplies them by the logit scale.
 
 Table 6b variants: ``saliency_source="cls"`` spots with the [CLS] embedding as the single query
-instead of the words; ``recognition_source="words"`` uses the mean of the selected (normalised) word
-embeddings as the class vector instead of [CLS].
+instead of the words; ``recognition_source="words"`` uses the mean of the normalised word embeddings
+as the class vector instead of [CLS]: the class-name tokens (``recognition_tokens="words"``, the
+paper's "Word Emb.") or all 77 positions, padding included (``"all"``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ _CHOICES = {
     "vcs_tokens": ("all", "words"),
     "saliency_source": ("words", "cls"),
     "recognition_source": ("cls", "words"),
+    "recognition_tokens": ("words", "all"),
 }
 
 
@@ -42,8 +44,11 @@ class VideoBranch(nn.Module):
         vcs_tokens: text positions that act as words: ``"all"`` 77 positions (released code) or
             ``"words"`` the class-name tokens (paper; needs ``word_mask``).
         vcs_tau: softmax temperature over frames.
+        vcs_renormalise: VCS logit as a cosine (Eq. 2; paper) instead of the released dot product.
         saliency_source: ``"words"`` or ``"cls"`` (one query, the [CLS] embedding).
-        recognition_source: ``"cls"`` or ``"words"`` (mean of the selected word embeddings).
+        recognition_source: ``"cls"`` or ``"words"`` (mean of the normalised word embeddings).
+        recognition_tokens: which positions that mean averages: ``"words"`` the class-name tokens
+            (needs ``word_mask``) or ``"all"`` 77 positions.
         max_frames: rows of the temporal position table.
         temporal_heads: attention heads (default width // 64).
     """
@@ -56,8 +61,10 @@ class VideoBranch(nn.Module):
         interaction: str = "vcs",
         vcs_tokens: str = "all",
         vcs_tau: float = DEFAULT_TAU,
+        vcs_renormalise: bool = False,
         saliency_source: str = "words",
         recognition_source: str = "cls",
+        recognition_tokens: str = "words",
         max_frames: int = DEFAULT_MAX_LEN,
         temporal_heads: Optional[int] = None,
         temporal_ln_eps: float = RELEASED_LN_EPS,
@@ -69,6 +76,7 @@ class VideoBranch(nn.Module):
             vcs_tokens=vcs_tokens,
             saliency_source=saliency_source,
             recognition_source=recognition_source,
+            recognition_tokens=recognition_tokens,
         )
         for key, value in args.items():
             if value not in _CHOICES[key]:
@@ -79,8 +87,10 @@ class VideoBranch(nn.Module):
         self.interaction = interaction
         self.vcs_tokens = vcs_tokens
         self.vcs_tau = vcs_tau
+        self.vcs_renormalise = vcs_renormalise
         self.saliency_source = saliency_source
         self.recognition_source = recognition_source
+        self.recognition_tokens = recognition_tokens
         self.temporal: Optional[TemporalTransformer] = (
             TemporalTransformer(width, layers=temporal_layers, heads=temporal_heads, max_len=max_frames,
                                 ln_eps=temporal_ln_eps)
@@ -98,8 +108,10 @@ class VideoBranch(nn.Module):
             interaction=model_cfg.interaction,
             vcs_tokens=model_cfg.vcs_tokens,
             vcs_tau=model_cfg.vcs_tau,
+            vcs_renormalise=model_cfg.vcs_renormalise,
             saliency_source=model_cfg.saliency_source,
             recognition_source=model_cfg.recognition_source,
+            recognition_tokens=model_cfg.recognition_tokens,
             temporal_ln_eps=model_cfg.temporal_ln_eps,
         )
 
@@ -107,11 +119,16 @@ class VideoBranch(nn.Module):
         """Temporal module (or identity): ``[B, T, D] -> [B, T, D]``."""
         return frame_emb if self.temporal is None else self.temporal(frame_emb)
 
-    def _token_mask(self, text: TextFeatures, word_mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        if self.vcs_tokens == "all":
+    @property
+    def needs_word_mask(self) -> bool:
+        """Whether :meth:`forward` needs the class-name mask (VCS over words, or Word-Emb. recognition)."""
+        return self.vcs_tokens == "words" or (self.recognition_source == "words" and self.recognition_tokens == "words")
+
+    def _token_mask(self, text: TextFeatures, word_mask: Optional[torch.Tensor], tokens: str, field: str) -> Optional[torch.Tensor]:
+        if tokens == "all":
             return None
         if word_mask is None:
-            raise ValueError("VideoBranch: vcs_tokens='words' needs word_mask [K, L] (from tokenize_prompts)")
+            raise ValueError(f"VideoBranch: {field}='words' needs word_mask [K, L] (from tokenize_prompts)")
         if word_mask.shape != text.tokens.shape[:2]:
             raise ValueError(
                 f"VideoBranch: word_mask must be [K, L]={tuple(text.tokens.shape[:2])}, got {tuple(word_mask.shape)}"
@@ -140,15 +157,17 @@ class VideoBranch(nn.Module):
         Args:
             frame_emb: ``[B, T, D]`` image-tower frame embeddings.
             text: class features ``cls[K, D]``, ``tokens[K, L, D]``.
-            word_mask: ``[K, L]`` bool class-name positions (needed for ``vcs_tokens="words"``).
+            word_mask: ``[K, L]`` bool class-name positions (needed when :attr:`needs_word_mask`).
             return_saliency: also return the saliency ``[B, K, T]`` (uniform for the mean pool).
 
         Returns:
             logits ``[B, K]`` (unscaled), and the saliency when asked.
         """
         x = self.encode_video(frame_emb)
-        token_mask = self._token_mask(text, word_mask)
-        rec = self.class_vectors(text, token_mask)
+        token_mask = self._token_mask(text, word_mask, self.vcs_tokens, "vcs_tokens")
+        rec_mask = (self._token_mask(text, word_mask, self.recognition_tokens, "recognition_tokens")
+                    if self.recognition_source == "words" else None)
+        rec = self.class_vectors(text, rec_mask)
         if self.interaction == "mean":
             logits = mean_pool(x) @ F.normalize(rec, dim=-1).t()
             if not return_saliency:
@@ -160,5 +179,6 @@ class VideoBranch(nn.Module):
         else:
             queries, query_mask = text.tokens, token_mask
         return video_concept_spotting(
-            x, queries, rec, token_mask=query_mask, tau=self.vcs_tau, return_saliency=return_saliency
+            x, queries, rec, token_mask=query_mask, tau=self.vcs_tau, return_saliency=return_saliency,
+            renormalise=self.vcs_renormalise,
         )

@@ -56,6 +56,8 @@ DEFAULT_BASELINE_TOLERANCE = 1.0  # points: CPU nondeterminism of smoke runs (th
 BASELINE_SCHEMA = "bikebench.baseline/1"
 #: A blessed cell's tolerance is this many standard deviations of its value over training seeds.
 SPREAD_K = 2.0
+#: Key suffix of the row that checks a cell's printed ± std.
+STD_SUFFIX = ":std"
 # Comparisons are made on rounded deltas so that 0.1 + 0.4 == 0.5 stays within a 0.5 tolerance.
 _EPS = 1e-9
 
@@ -376,11 +378,23 @@ def compare_with_paper(
             delta, status = _judge(c.value, entry.value, t, d)
             note = "derived gain" if c.derived else ""
             report.rows.append(CheckRow(c.key, c.value, entry.value, delta, t, d, status, entry.metric, note))
+            if entry.std is not None and not c.derived:
+                report.rows.append(_std_row(c, entry.std, t))
     for key, mine in ours_by_paper_key.items():
         for c in mine:
             if c.table in scope:
                 report.rows.append(CheckRow(c.key, c.value, None, None, None, None, "no_reference", c.metric, "not in the registry"))
     return report
+
+
+def _std_row(cell: ResultCell, reference_std: float, tol: float) -> CheckRow:
+    """The spread of a mean ± std cell (zero-shot half classes, the K600 splits) against the printed
+    std: a change either way beyond the cell's tolerance is a regression (the std is not a score)."""
+    key = f"{cell.key}{STD_SUFFIX}"
+    if cell.std is None:
+        return CheckRow(key, None, reference_std, None, tol, "both", "missing", "std", "our cell has no std")
+    delta, status = _judge(cell.std, reference_std, tol, "both")
+    return CheckRow(key, cell.std, reference_std, delta, tol, "both", status, "std", "std over the splits")
 
 
 def _table_order(registry: Registry):
@@ -462,6 +476,8 @@ def compare_with_baseline(
         delta, status = _judge(mine.value, ref.value, t, d)
         note = "better than the baseline: bless a new one if intended" if status == "improved" else ""
         report.rows.append(CheckRow(key, mine.value, ref.value, delta, t, d, status, metric, note))
+        if ref.std is not None:
+            report.rows.append(_std_row(mine, ref.std, t))
     for key, c in cells.items():
         report.rows.append(CheckRow(key, c.value, None, None, None, None, "no_reference", c.metric, "not in the baseline"))
     return report

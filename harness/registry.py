@@ -27,7 +27,11 @@ from bike.config import read_yaml_file
 
 DEFAULT_PATH = Path(__file__).resolve().parent / "data" / "paper_numbers.yaml"
 
-Metric = Literal["top1", "top5", "mAP", "mca", "gflops_per_view", "params_m"]
+#: ``mAP_running``: the number the released Charades test prints (a batch-weighted average of running
+#: mAPs; ``bike.metrics.charades_running_map``), a different quantity from the true ``mAP``.
+Metric = Literal["top1", "top5", "mAP", "mAP_running", "mca", "gflops_per_view", "params_m"]
+#: The result metric (result.json) each registry kind is measured by, where one name fits only one kind.
+RESULT_METRIC_OF_KIND = {"mAP": "mAP", "mAP_running": "mAP_official_running"}
 Profile = Literal["official", "paper", "external"]
 
 SLUG_PATTERN = r"^[A-Za-z0-9_+*.\-]+$"

@@ -3,13 +3,23 @@
 Every reader returns ``list[VideoRecord]`` with absolute paths. Formats (whitespace separated, ``#``
 comments and blank lines ignored):
 
-* video list      ``<relative_path>.mp4 <label>``                      (K400, K600, UCF, HMDB, world)
-* frame-dir list  ``<relative_dir> <num_frames> <label>``              (frames ``img_00001.jpg`` ...)
-* trimmed list    ``<relative_path> <label> <start_s> <end_s>``        (ActivityNet training instances)
+* video list      ``<relative_path>.mp4 <label>``                      (K400, K600, world)
+* frame-dir list  ``<relative_dir> <num_frames> <label>``              (frames ``img_00001.jpg`` ...; the
+                  authors' UCF, HMDB, K400 ``*_rgb_*`` and ActivityNet lists). A count of 0 (16 lines of the
+                  released ``hmdb_full_for_zeroshot.txt``) means "count the directory", as the released
+                  code always does.
+* trimmed list    ``<relative_path> <label> <start_s> <end_s>``        (ActivityNet instances cut from videos)
 * class CSV       header ``id,name`` then ``0,abseiling`` ... (ids 0..K-1 in order)
-* Charades        classes ``c000 Holding some clothes``; train CSV ``video_id,label,start_time,end_time,total_time``
-                  (one action instance per row); test CSV ``Charades_v1_test.csv`` (columns ``id`` and
-                  ``actions`` = ``c077 12.10 18.00;c079 ...``), one multi-label record per video.
+* Charades        classes ``c000 Holding some clothes``; train CSV ``Charades_train_split_label.csv``
+                  ``video_id,label,start_time,end_time,total_time`` (one action instance per row; rows with
+                  end <= start are dropped, as the released code drops them); test CSV ``Charades_v1_test.csv``
+                  (columns ``id`` and ``actions`` = ``c077 12.10 18.00;c079 ...``), one multi-label record per video.
+* ActivityNet     train: the released instance list ``anet_train_instance_fps1.txt`` (a frame-dir list of
+                  pre-cut instance folders) or a trimmed list; val: ``anet_val_video_fps1.txt`` (frame-dir) or a
+                  video list. The field count of the first entry says which.
+
+Paths are ``root`` joined with the entry, as the released code's ``os.path.join(root, path)``, then
+normalised (``a//b`` of the released ActivityNet zero-shot list is the same directory as ``a/b``).
 
 A label field is a class index; in multi-label lists it may hold several indices joined by commas
 (``3,17``). Labels outside ``0..K-1`` of the class file are errors. Every parse error names the file,
@@ -89,6 +99,28 @@ def _lines(path: PathLike) -> Iterator[tuple[int, list[str]]]:
 
 def _where(path: PathLike, lineno: int) -> str:
     return f"{path}:{lineno}"
+
+
+def count_entry_lines(path: PathLike, csv_header: bool = False) -> int:
+    """Entry lines of a list: non-blank, non-comment lines (CSV: records after the header row)."""
+    path = Path(path)
+    if not csv_header:
+        return sum(1 for _ in _lines(path))
+    try:
+        with path.open(newline="") as handle:
+            rows = [r for r in csv.reader(handle) if r and any(c.strip() for c in r)]
+    except FileNotFoundError:
+        raise ListFormatError(f"{path}: list file not found") from None
+    return max(len(rows) - 1, 0)
+
+
+def check_line_count(path: PathLike, expected: int, found: int, field: str, what: str = "entry lines") -> None:
+    """A clear error when a file does not have the ``expected`` count a spec declares."""
+    if found != expected:
+        raise ListFormatError(
+            f"{path}: {found} {what}; expected {expected} ({field}): not the whole released file, or another "
+            "version of it (fix the path, or the count in the spec)"
+        )
 
 
 def _parse_int(text: str, path: PathLike, lineno: int, field: str, minimum: int = 0) -> int:
@@ -192,16 +224,19 @@ def read_video_list(
 def read_frame_dir_list(
     list_file: PathLike, root: PathLike, num_classes: Optional[int] = None, multi_label: bool = False
 ) -> list[VideoRecord]:
-    """``<relative_dir> <num_frames> <label>`` lines -> records with ``num_frames`` set."""
+    """``<relative_dir> <num_frames> <label>`` lines -> records with ``num_frames`` set.
+
+    ``num_frames`` 0 gives ``None``: the decoder counts the directory (the released code always counts it).
+    """
     out: list[VideoRecord] = []
     ids = _UniqueIds(list_file)
     for lineno, fields in _lines(list_file):
         _check_fields(fields, ("relative_dir", "num_frames", "label"), list_file, lineno)
         rel, n_text, label_text = fields
-        n = _parse_int(n_text, list_file, lineno, "num_frames", minimum=1)
+        n = _parse_int(n_text, list_file, lineno, "num_frames", minimum=0)
         label = _parse_label(label_text, list_file, lineno, num_classes, multi_label)
         ids.add(rel, lineno)
-        out.append(VideoRecord(path=_absolute(root, rel), label=label, video_id=rel, num_frames=n))
+        out.append(VideoRecord(path=_absolute(root, rel), label=label, video_id=rel, num_frames=n or None))
     return out
 
 
@@ -230,13 +265,26 @@ def read_trimmed_list(
     return out
 
 
+def _first_entry_width(list_file: PathLike) -> int:
+    for _, fields in _lines(list_file):
+        return len(fields)
+    return 0
+
+
 def read_activitynet_train(list_file: PathLike, root: PathLike, num_classes: Optional[int] = None) -> list[VideoRecord]:
-    """ActivityNet training: trimmed instances, ``<relative_path> <label> <start_s> <end_s>``."""
+    """ActivityNet training instances: the released ``anet_train_instance_fps1.txt`` (``<instance_dir>
+    <num_frames> <label>``, each instance cut into its own frame folder) or a trimmed list ``<relative_path>
+    <label> <start_s> <end_s>`` (instances cut from the videos at read time); the first entry says which."""
+    if _first_entry_width(list_file) == 3:
+        return read_frame_dir_list(list_file, root, num_classes)
     return read_trimmed_list(list_file, root, num_classes)
 
 
 def read_activitynet_val(list_file: PathLike, root: PathLike, num_classes: Optional[int] = None) -> list[VideoRecord]:
-    """ActivityNet validation: whole (untrimmed) videos, ``<relative_path> <label>``."""
+    """ActivityNet validation: whole (untrimmed) videos, the released ``anet_val_video_fps1.txt``
+    (``<video_dir> <num_frames> <label>``) or a video list ``<relative_path> <label>``; the first entry says which."""
+    if _first_entry_width(list_file) == 3:
+        return read_frame_dir_list(list_file, root, num_classes)
     return read_video_list(list_file, root, num_classes)
 
 
@@ -325,17 +373,21 @@ def _read_csv_rows(path: PathLike, required: Sequence[str]) -> tuple[list[str], 
 def read_charades_train(
     csv_file: PathLike, root: PathLike, num_classes: int = CHARADES_NUM_CLASSES, ext: str = CHARADES_VIDEO_EXT
 ) -> list[VideoRecord]:
-    """CSV ``video_id,label,start_time,end_time,total_time`` -> one record per action instance.
+    """CSV ``video_id,label,start_time,end_time,total_time`` (the released
+    ``Charades_train_split_label.csv``) -> one record per action instance.
 
     ``label`` is ``c077`` or ``77``; the instance is cut at start/end (seconds). The video file is
-    ``<root>/<video_id><ext>``. Rows repeating an earlier row exactly (same video, class, start and
-    end) are one instance: they are collapsed and logged.
+    ``<root>/<video_id><ext>``. Rows whose end is not after their start (7 rows of the released file)
+    are dropped and logged, as the released reader drops them (``float(end) > float(start)``). Rows
+    repeating an earlier row exactly (same video, class, start and end) are one instance: they are
+    collapsed and logged.
     """
     required = ("video_id", "label", "start_time", "end_time")
     _, rows = _read_csv_rows(csv_file, required)
     out: list[VideoRecord] = []
     ids = _UniqueIds(csv_file)
     duplicates: list[int] = []
+    empty: list[int] = []
     for lineno, row in rows:
         vid = row["video_id"]
         if not vid:
@@ -344,10 +396,8 @@ def read_charades_train(
         start = _parse_seconds(row["start_time"], csv_file, lineno, "start_time")
         end = _parse_seconds(row["end_time"], csv_file, lineno, "end_time")
         if end <= start:
-            raise ListFormatError(
-                f"{_where(csv_file, lineno)}: field 'end_time': got {row['end_time']}; "
-                f"expected a time after start_time={row['start_time']}"
-            )
+            empty.append(lineno)  # the released reader keeps only rows with end > start
+            continue
         rel = vid + ext
         key = trimmed_video_id(rel, row["start_time"], row["end_time"]) + f"&c{label:03d}"
         if key in ids.seen:
@@ -355,6 +405,11 @@ def read_charades_train(
             continue
         ids.add(key, lineno)
         out.append(VideoRecord(path=_absolute(root, rel), label=label, video_id=key, start=start, end=end))
+    if empty:
+        _log.warning(
+            "%s: %d instance row(s) whose end_time is not after start_time dropped, as the released code drops "
+            "them (lines %s)", csv_file, len(empty), empty[:10],
+        )
     if duplicates:
         _log.warning("%s: %d duplicate instance row(s) collapsed (lines %s)", csv_file, len(duplicates), duplicates[:10])
     return out
@@ -392,13 +447,22 @@ def read_charades_test(
 
 
 # --------------------------------------------------------------------------- dispatch
+def _expected_lines(data_cfg, key: str) -> Optional[int]:
+    return (getattr(data_cfg, "expected_lines", None) or {}).get(key)
+
+
 def read_classes(data_cfg) -> list[str]:
     """Class names of a dataset (``data.class_file``; Charades format for ``format: charades``)."""
     if not data_cfg.class_file:
         raise ListFormatError(f"data.class_file is empty; expected the class file of dataset {data_cfg.dataset!r}")
     if data_cfg.format == "charades":
-        return read_charades_classes(data_cfg.class_file)
-    return read_class_csv(data_cfg.class_file)
+        names = read_charades_classes(data_cfg.class_file)
+    else:
+        names = read_class_csv(data_cfg.class_file)
+    expected = _expected_lines(data_cfg, "classes")
+    if expected is not None:
+        check_line_count(data_cfg.class_file, expected, len(names), "data.expected_lines.classes", "classes")
+    return names
 
 
 def read_dataset(data_cfg, split: str) -> tuple[list[VideoRecord], list[str]]:
@@ -407,7 +471,11 @@ def read_dataset(data_cfg, split: str) -> tuple[list[VideoRecord], list[str]]:
     video_list:  every split is a video list.
     frame_dir:   every split is a frame-directory list.
     charades:    train = instance CSV (single labels), val/test = Charades_v1_test-style CSV (multi-hot).
-    activitynet: train = trimmed list ``<path> <label> <start> <end>``, val/test = untrimmed video list.
+    activitynet: train = instance list (released frame-dir, or trimmed ``<path> <label> <start> <end>``),
+                 val/test = whole videos (released frame-dir, or a video list).
+
+    Entries are relative to ``data.train_root`` (train) / ``data.val_root`` (val, test), else ``data.root``.
+    ``data.expected_lines`` (split -> entry lines) makes a list of another length an error.
     """
     if split not in ("train", "val", "test"):
         raise ValueError(f"read_dataset: split {split!r}; expected 'train', 'val' or 'test'")
@@ -416,8 +484,13 @@ def read_dataset(data_cfg, split: str) -> tuple[list[VideoRecord], list[str]]:
         raise ListFormatError(f"data.{split}_list is not set; expected the {split} list of dataset {data_cfg.dataset!r}")
     names = read_classes(data_cfg)
     k = len(names)
-    root = data_cfg.root
+    root_for = getattr(data_cfg, "root_for", None)
+    root = root_for(split) if root_for is not None else data_cfg.root
     fmt = data_cfg.format
+    expected = _expected_lines(data_cfg, split)
+    if expected is not None:
+        found = count_entry_lines(list_file, csv_header=fmt == "charades")
+        check_line_count(list_file, expected, found, f"data.expected_lines.{split}")
     if fmt == "video_list":
         records = read_video_list(list_file, root, k, multi_label=data_cfg.multi_label)
     elif fmt == "frame_dir":

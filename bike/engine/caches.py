@@ -442,13 +442,15 @@ class SplitResult:
         return out
 
 
-def evaluate_class_splits(labels: np.ndarray, splits: Sequence[Sequence[int]], score_fn: ScoreFn) -> SplitResult:
+def evaluate_class_splits(
+    labels: np.ndarray, splits: Sequence[Sequence[int]], score_fn: ScoreFn, ties: str = "lowest_index"
+) -> SplitResult:
     """Accuracy on class subsets (zero-shot half-class splits, K600 splits).
 
     For each split: keep the videos whose label is in the split and classify them among the split's
     classes that have at least one such video (the official ``np.unique`` of the kept labels, which is
     the whole split when every class has videos). ``score_fn(rows, cols) -> [len(rows), len(cols)]``
-    gives the scores of that subset.
+    gives the scores of that subset. ``ties``: the tie rule of :func:`bike.metrics.topk_accuracy`.
     """
     y = np.asarray(labels)
     if y.ndim != 1:
@@ -462,7 +464,7 @@ def evaluate_class_splits(labels: np.ndarray, splits: Sequence[Sequence[int]], s
         cols = np.unique(y[rows])
         new_labels = np.searchsorted(cols, y[rows])
         scores = score_fn(rows, cols)
-        acc = topk_accuracy(scores, new_labels, ks=(1, 5))
+        acc = topk_accuracy(scores, new_labels, ks=(1, 5), ties=ties)
         res.top1.append(float(acc["top1"]))
         res.top5.append(float(acc["top5"]))
         res.videos.append(len(rows))
@@ -470,7 +472,9 @@ def evaluate_class_splits(labels: np.ndarray, splits: Sequence[Sequence[int]], s
     return res
 
 
-def half_class_accuracy(cache: ScoreCache, num_splits: int = 10, path: str = "frame", scale: float = 100.0) -> SplitResult:
+def half_class_accuracy(
+    cache: ScoreCache, num_splits: int = 10, path: str = "frame", scale: float = 100.0, ties: str = "lowest_index"
+) -> SplitResult:
     """Zero-shot half-class protocol from a cache (``bike.protocols.half_class_splits``).
 
     ``path="frame"`` (official UCF/HMDB/ANet zero-shot) recomputes the per-frame softmax over each
@@ -489,4 +493,4 @@ def half_class_accuracy(cache: ScoreCache, num_splits: int = 10, path: str = "fr
         fn: ScoreFn = lambda rows, cols: frame_level_scores_np(np.asarray(fe[rows]), ce[cols], scale)  # noqa: E731
     else:
         fn = column_subset(np.asarray(cache.video_scores))
-    return evaluate_class_splits(cache.labels, splits, fn)
+    return evaluate_class_splits(cache.labels, splits, fn, ties)

@@ -121,7 +121,7 @@ def score_videos(
     k = model.num_classes
     v = dataset.num_views
     text = model.class_text()
-    mask = model.word_mask() if config.model.vcs_tokens == "words" else None
+    mask = model.word_mask() if config.model.needs_word_mask else None
     # one view: keep the logits themselves (their softmax is the fusion transform); several views:
     # eval.view_aggregation. The frame-level path already gives probabilities: average them.
     agg_mode = config.eval.view_aggregation if (mode == "video" and v > 1) else "logit_mean"
@@ -257,11 +257,13 @@ def protocol_metrics(
         if labels.ndim == 2:
             probs = score_transform(vs.scores, "softmax", score_kind=vs.score_kind)
             # the released Charades test softmaxes the view-averaged softmax once more, then averages running mAPs
-            metrics["mAP_official_running"] = charades_running_map(softmax(probs), labels, config.eval.batch_size * world_size)
+            metrics["mAP_official_running"] = charades_running_map(softmax(probs), labels, config.eval.batch_size * world_size,
+                                                                   world_size=world_size)
         return metrics
     if labels.ndim != 1:
         raise ValueError(f"eval.protocol={protocol!r} needs single-label videos")
-    full = topk_accuracy(vs.scores, labels, ks=(1, 5))
+    ties = config.eval.zero_shot_ties
+    full = topk_accuracy(vs.scores, labels, ks=(1, 5), ties=ties)
     metrics.update({"top1": full["top1"], "top5": full["top5"], "zs_full_top1": full["top1"], "zs_full_top5": full["top5"],
                     "mean_class": mean_class_accuracy(vs.scores, labels)})
     if protocol == "zero_shot_full":
@@ -276,14 +278,14 @@ def protocol_metrics(
     if protocol == "zero_shot_half":
         from bike.protocols import half_class_splits
 
-        res = evaluate_class_splits(labels, half_class_splits(vs.scores.shape[1], config.eval.zero_shot_splits), fn)
+        res = evaluate_class_splits(labels, half_class_splits(vs.scores.shape[1], config.eval.zero_shot_splits), fn, ties)
         metrics.update(res.metrics("zs_half"))
     elif protocol == "zero_shot_k600":
         from bike.protocols import k600_splits
         from bike.data.lists import read_classes
 
         splits = k600_splits(config.eval.k600_split_files, read_classes(config.data))
-        res = evaluate_class_splits(labels, splits, fn)
+        res = evaluate_class_splits(labels, splits, fn, ties)
         metrics.update(res.metrics("zs_k600"))
     else:
         raise ValueError(f"unknown eval.protocol {protocol!r}")

@@ -112,6 +112,11 @@ def load_init_weights(model, config: RunConfig, logger: RunLogger, device: torch
     state = load_checkpoint(path, map_location=device)
     missing = model.load_weights(state["model"], str(path))
     logger.info("initialised from %s (%d weight(s) not in the checkpoint: %s)", path, len(missing), ", ".join(missing[:5]))
+    if config.stage == "attributes" and config.attributes.logit_scale == "restart":
+        # the released train_attributes.py starts from a fresh CLIP: the scale begins again at ln 1/tau
+        with torch.no_grad():
+            model.logit_scale.log_scale.fill_(config.logit_scale_init)
+        logger.info("stage 2: logit scale restarted at %.4f (attributes.logit_scale=restart)", config.logit_scale_init)
     return path
 
 

@@ -208,7 +208,7 @@ class VideoStageTask:
         else:
             labels_g = gather_nograd(labels)
             text = model.class_text(labels_g)
-        mask = model.word_mask(labels_g) if cfg.model.vcs_tokens == "words" else None
+        mask = model.word_mask(labels_g) if cfg.model.needs_word_mask else None
         logits = model.logit_scale() * model.video_logits(frames, text, mask)  # [B, B]
         return multi_positive_contrastive(logits, labels_g, form=cfg.loss.form, target_scale=cfg.loss.target_scale)
 

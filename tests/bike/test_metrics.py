@@ -192,3 +192,35 @@ def test_view_aggregator_refuses_double_counting_and_label_conflicts():
         agg.add(["a"], np.zeros((1, 2)), [1], view_indices=[1])
     with pytest.raises(ValueError, match="view count other than 2"):
         agg.result(expected_views=2)
+
+
+def _released_charades_test_loop(scores, targets, world_size, per_gpu_batch):
+    """test_charades.py's loop, written from the released text: a DistributedSampler (shuffled, seed 0) per
+    rank, each step all-gathers every rank's batch (rank 0 first), maper.add(output, labels) and
+    mAP.update(maper.value(), labels.size(0)); the printed number is mAP.avg * 100."""
+    from torch.utils.data import DistributedSampler
+
+    n = len(scores)
+    per_rank = [list(DistributedSampler(range(n), num_replicas=world_size, rank=r)) for r in range(world_size)]
+    seen = []
+    total = count = 0.0
+    for start in range(0, len(per_rank[0]), per_gpu_batch):
+        gathered = [i for r in range(world_size) for i in per_rank[r][start:start + per_gpu_batch]]
+        seen += gathered
+        value = _torchnet_ap_loop(scores[seen], targets[seen])  # mAPMeter.value(): mean of APMeter's per-class AP
+        total += value * len(gathered)
+        count += len(gathered)
+    return total / count * 100
+
+
+@pytest.mark.parametrize("n, world_size, per_gpu", [(23, 4, 2), (10, 3, 2), (7, 8, 1)])
+def test_charades_running_map_in_the_released_sampler_order(n, world_size, per_gpu):
+    g = np.random.default_rng(n)
+    scores = g.normal(size=(n, 5))
+    targets = (g.random((n, 5)) < 0.4).astype(int)
+    ref = _released_charades_test_loop(scores, targets, world_size, per_gpu)
+    got = charades_running_map(scores, targets, batch_size=world_size * per_gpu, world_size=world_size)
+    assert got == pytest.approx(ref)
+    assert got.evaluated == n
+    with pytest.raises(ValueError, match="not a multiple of world_size"):
+        charades_running_map(scores, targets, batch_size=world_size + 1, world_size=world_size)

@@ -15,8 +15,9 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
     return v / math.sqrt(float((v * v).sum()))
 
 
-def reference_vcs(frames, tokens, cls, mask, tau):
-    """Eq. 5-6 as the released code computes it, one video, one class, one frame at a time."""
+def reference_vcs(frames, tokens, cls, mask, tau, cosine=False):
+    """Eq. 5-6 as the released code computes it, one video, one class, one frame at a time; with
+    ``cosine`` the logit is Eq. 2's cos(video_k, cls_k) of the weighted video embedding instead."""
     b_n, t_n, _ = frames.shape
     k_n, l_n, _ = tokens.shape
     logits = torch.zeros(b_n, k_n)
@@ -36,7 +37,7 @@ def reference_vcs(frames, tokens, cls, mask, tau):
                 for t in range(t_n):
                     s[t] += exps[t] / total / len(positions)
             video = sum(s[t] * f[t] for t in range(t_n))  # weighted sum, not re-normalised
-            logits[b, k] = (video * c).sum()
+            logits[b, k] = (_unit(video) * c).sum() if cosine else (video * c).sum()
             saliency[b, k] = s
     return logits, saliency
 
@@ -57,6 +58,10 @@ def test_matches_loop_reference(rng, use_mask, tau):
     torch.testing.assert_close(sal, ref_sal, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(sal.sum(-1), torch.ones(3, 4))
     torch.testing.assert_close(video_concept_spotting(frames, tokens, cls, token_mask=mask, tau=tau), logits)
+    # paper profile: Eq. 2 is a cosine, so the weighted video embedding is re-normalised
+    cos_logits = video_concept_spotting(frames, tokens, cls, token_mask=mask, tau=tau, renormalise=True)
+    torch.testing.assert_close(cos_logits, reference_vcs(frames, tokens, cls, mask, tau, cosine=True)[0], atol=1e-5, rtol=1e-5)
+    assert cos_logits.abs().max() <= 1 + 1e-5 and (cos_logits.abs() >= logits.abs() - 1e-6).all()
 
 
 def test_unselected_positions_do_not_matter(rng):

@@ -23,14 +23,16 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a * b).sum())
 
 
-def reference(frames, tokens, cls, mask, tau, saliency_source, recognition_source, interaction):
-    """One video and one class at a time; frames already through the temporal module."""
+def reference(frames, tokens, cls, mask, tau, saliency_source, recognition_source, interaction, rec_mask=None):
+    """One video and one class at a time; frames already through the temporal module. ``mask``: the
+    positions VCS spots with; ``rec_mask``: the positions "Word Emb." recognition averages (None: all 77)."""
     out = torch.zeros(frames.shape[0], tokens.shape[0])
     for b in range(frames.shape[0]):
         f = [_unit(frames[b, t]) for t in range(frames.shape[1])]
         for k in range(tokens.shape[0]):
             words = [_unit(tokens[k, l]) for l in range(tokens.shape[1]) if mask is None or bool(mask[k, l])]
-            rec = _unit(cls[k]) if recognition_source == "cls" else _unit(sum(words) / len(words))
+            rec_words = [_unit(tokens[k, l]) for l in range(tokens.shape[1]) if rec_mask is None or bool(rec_mask[k, l])]
+            rec = _unit(cls[k]) if recognition_source == "cls" else _unit(sum(rec_words) / len(rec_words))
             if interaction == "mean":
                 out[b, k] = _dot(_unit(sum(frames[b]) / len(f)), rec)
                 continue
@@ -57,8 +59,9 @@ def inputs(rng):
 @pytest.mark.parametrize("interaction", ["mean", "vcs"])
 @pytest.mark.parametrize("vcs_tokens", ["all", "words"])
 @pytest.mark.parametrize("saliency_source", ["words", "cls"])
-@pytest.mark.parametrize("recognition_source", ["cls", "words"])
-def test_variants_match_loop_reference(inputs, interaction, vcs_tokens, saliency_source, recognition_source):
+@pytest.mark.parametrize("recognition_source,recognition_tokens", [("cls", "words"), ("words", "words"), ("words", "all")])
+def test_variants_match_loop_reference(inputs, interaction, vcs_tokens, saliency_source, recognition_source,
+                                       recognition_tokens):
     frames, text, mask = inputs
     tau = 0.1
     branch = VideoBranch(
@@ -69,11 +72,13 @@ def test_variants_match_loop_reference(inputs, interaction, vcs_tokens, saliency
         vcs_tau=tau,
         saliency_source=saliency_source,
         recognition_source=recognition_source,
+        recognition_tokens=recognition_tokens,
     )
     logits = branch(frames, text, mask)
     ref = reference(
         frames, text.tokens, text.cls, mask if vcs_tokens == "words" else None, tau,
         saliency_source, recognition_source, interaction,
+        rec_mask=mask if recognition_tokens == "words" else None,
     )
     assert logits.shape == (B, K)
     torch.testing.assert_close(logits, ref, atol=1e-5, rtol=1e-5)
@@ -107,6 +112,7 @@ def test_from_config_profiles():
     assert (official.interaction, official.vcs_tokens, official.vcs_tau) == ("vcs", "all", 0.01)
     paper = VideoBranch.from_config(RunConfig(profile="paper").model, width=D)
     assert paper.vcs_tokens == "words"
+    assert (official.vcs_renormalise, paper.vcs_renormalise) == (False, True)
     cfg = RunConfig(
         model={"temporal": "none", "interaction": "mean", "saliency_source": "cls", "recognition_source": "words"}
     ).model
@@ -126,3 +132,19 @@ def test_errors(inputs):
         words(frames, text, None)
     with pytest.raises(ValueError, match=r"word_mask must be \[K, L\]"):
         words(frames, text, mask[:, :3])
+
+
+def test_word_recognition_averages_the_class_name_not_the_padding(inputs):
+    """Table 6b "Word Emb.": the mean of the class-name tokens (the paper's text), whatever VCS spots with."""
+    frames, text, mask = inputs
+    cfg = RunConfig(model={"recognition_source": "words", "interaction": "mean", "temporal": "none"})
+    assert cfg.model.recognition_tokens == "words" and cfg.model.vcs_tokens == "all"
+    branch = VideoBranch.from_config(cfg.model, D)
+    assert branch.needs_word_mask
+    with pytest.raises(ValueError, match="recognition_tokens='words' needs word_mask"):
+        branch(frames, text)
+    got = branch(frames, text, mask)
+    # padding positions change nothing: overwrite every unmasked position
+    noisy = TextFeatures(cls=text.cls, tokens=torch.where(mask[..., None], text.tokens, torch.randn(K, L, D)))
+    torch.testing.assert_close(branch(frames, noisy, mask), got)
+    assert not VideoBranch(D, temporal="none").needs_word_mask  # official VCS over all positions, [CLS] recognition

@@ -334,3 +334,21 @@ def test_baseline_cell_tolerance_must_be_a_non_negative_number(tmp_path):
     bad.write_text(json.dumps({"schema": "bikebench.baseline/1", "cells": {"6a/vcs/top1": {"value": 1.0, "tol": -1}}}))
     with pytest.raises(CheckError, match=r"field 'tol': expected a number >= 0, got -1"):
         load_baseline(bad)
+
+
+def test_half_class_cells_check_the_printed_std_as_well_as_the_mean(reg):
+    """Table 5 prints mean ± std over the 10 half-class splits: both are checked."""
+    entry = next(e for e in reg if e.key == "5/bike_vitl14/ucf101_half")
+    assert entry.std == 3.4
+    cell = {"table": "5", "row": "bike_vitl14", "column": "ucf101_half", "value": entry.value, "scale": "full"}
+    rows = {r.key: r for r in compare_with_paper([{**cell, "std": 3.6}], reg, tables=["5"]).rows}
+    assert rows["5/bike_vitl14/ucf101_half"].status == "ok"
+    std = rows["5/bike_vitl14/ucf101_half:std"]
+    assert (std.ours, std.reference, std.status) == (3.6, 3.4, "ok") and std.delta == pytest.approx(0.2)
+    # a spread far from the printed one fails even when the mean matches, in either direction
+    for far in (1.0, 6.0):
+        rows = {r.key: r for r in compare_with_paper([{**cell, "std": far}], reg, tables=["5"]).rows}
+        assert rows["5/bike_vitl14/ucf101_half:std"].status == "regression"
+    # a half-class cell without its std is missing its spread
+    rows = {r.key: r for r in compare_with_paper([cell], reg, tables=["5"]).rows}
+    assert rows["5/bike_vitl14/ucf101_half:std"].status == "missing"

@@ -57,3 +57,45 @@ def test_show_config_prints_the_same_records_as_yaml(tmp_path, capsys):
 def test_json_without_dry_run_is_refused(tmp_path, capsys):
     assert main(["table6", "--scale", "full", "--json", "--results", str(tmp_path)]) == 2
     assert "--json needs --dry-run" in capsys.readouterr().err
+
+
+def test_every_shipped_spec_expands_at_full_scale_into_published_cells(tmp_path, capsys):
+    """Each spec under experiments/ plans at --scale full without error; every cell it fills is a
+    registry entry, and the official-profile runs train with the released precision (fp16 AMP)."""
+    from pathlib import Path
+
+    from harness.registry import load_registry
+
+    registry_keys = {e.key for e in load_registry()}
+    specs = sorted(Path("experiments").glob("*.yaml"))
+    assert len(specs) >= 7
+    for spec in specs:
+        recs = _records(capsys, ["run", str(spec), "--scale", "full", "--dry-run", "--json", "--results", str(tmp_path)])
+        assert recs, f"{spec}: no run planned"
+        for r in recs:
+            for x in r["cells"]:
+                assert f"{x['table']}/{x['row']}/{x['column']}" in registry_keys, (spec, x)
+            c = r["config"]
+            assert c["data"]["tuning_holdout"] == 0.0, spec
+            if c["profile"] == "official":
+                assert c["train"]["precision"] == "fp16" and c["fusion"]["lam"] == 0.7, spec
+
+
+def test_map_cells_compare_numbers_of_the_same_kind(tmp_path, capsys):
+    """Charades' published numbers are the released test's running mAP; ActivityNet's a true mAP. A
+    spec cell must fill each from the result metric of that kind (test_charades.py vs the final mAP)."""
+    from pathlib import Path
+
+    from harness.registry import RESULT_METRIC_OF_KIND, load_registry
+
+    kinds = {e.key: e.metric for e in load_registry()}
+    assert kinds["3/bike_vitl14/mAP"] == "mAP_running" and kinds["2/bike_vitl14/mAP"] == "mAP"
+    checked = 0
+    for spec in sorted(Path("experiments").glob("*.yaml")):
+        recs = _records(capsys, ["run", str(spec), "--scale", "full", "--dry-run", "--json", "--results", str(tmp_path)])
+        for x in (x for r in recs for x in r["cells"]):
+            kind = kinds[f"{x['table']}/{x['row']}/{x['column']}"]
+            if kind in RESULT_METRIC_OF_KIND:
+                assert x["metric"] == RESULT_METRIC_OF_KIND[kind], (spec, x)
+                checked += 1
+    assert checked >= 1

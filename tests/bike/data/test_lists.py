@@ -65,8 +65,9 @@ def test_frame_dir_list(tmp_path):
     recs = read_frame_dir_list(lst, tmp_path, num_classes=2)
     assert [(r.video_id, r.num_frames, r.label) for r in recs] == [("v1", 40, 1), ("sub/v2", 8, 0)]
     assert recs[1].path == os.path.join(tmp_path, "sub/v2")
-    bad = write(tmp_path / "g.txt", "v1 0 1\n")
-    with pytest.raises(ListFormatError, match=r"g.txt:1: field 'num_frames': got 0; expected an integer >= 1"):
+    assert read_frame_dir_list(write(tmp_path / "z.txt", "v1 0 1\n"), tmp_path)[0].num_frames is None  # count the folder
+    bad = write(tmp_path / "g.txt", "v1 -1 1\n")
+    with pytest.raises(ListFormatError, match=r"g.txt:1: field 'num_frames': got -1; expected an integer >= 0"):
         read_frame_dir_list(bad, tmp_path)
     bad = write(tmp_path / "h.txt", "v1 1\n")
     with pytest.raises(ListFormatError, match=r"h.txt:1: .*expected 3: <relative_dir> <num_frames> <label>"):
@@ -105,8 +106,10 @@ def test_charades_train_one_record_per_instance(tmp_path):
     bad = write(tmp_path / "bad.csv", "video_id,label,start_time,end_time,total_time\nX,c157,1,2,3\n")
     with pytest.raises(ListFormatError, match=r"bad.csv:2: field 'label': label 157 is out of range; expected 0..156"):
         read_charades_train(bad, tmp_path)
-    bad = write(tmp_path / "bad2.csv", "video_id,label,start_time,end_time,total_time\nX,c001,5,2,9\n")
-    with pytest.raises(ListFormatError, match=r"bad2.csv:2: field 'end_time': got 2; expected a time after"):
+    dropped = write(tmp_path / "bad2.csv", "video_id,label,start_time,end_time,total_time\nX,c001,5,2,9\nY,c001,1,2,9\n")
+    assert [r.video_id.split("#")[0] for r in read_charades_train(dropped, tmp_path)] == ["Y.mp4"]  # as released
+    bad = write(tmp_path / "bad4.csv", "video_id,label,start_time,end_time,total_time\nX,c001,x,2,9\n")
+    with pytest.raises(ListFormatError, match=r"bad4.csv:2: field 'start_time': got 'x'; expected a non-negative number"):
         read_charades_train(bad, tmp_path)
     bad = write(tmp_path / "bad3.csv", "video,label\nX,c001\n")
     with pytest.raises(ListFormatError, match=r"bad3.csv:1: header: missing column\(s\) \['video_id'"):

@@ -102,3 +102,28 @@ def test_attributes_use_their_own_text_encoder_when_it_is_another_model():
 def test_finetuning_a_separate_attribute_encoder_is_refused():
     with pytest.raises(ValueError, match="finetune_text_tower needs the attribute encoder to be the run's own text tower"):
         RunConfig.model_validate({"model": {"backbone": "ViT-L-14"}, "attributes": {"finetune_text_tower": True}})
+
+
+@pytest.mark.parametrize("mode", ["restart", "inherit"])
+def test_stage_two_logit_scale_restarts_as_the_released_train_attributes(tmp_path, mode):
+    """train_attributes.py builds a fresh CLIP (logit scale ln 100) and loads no stage-1 weights; the
+    default `restart` starts stage 2's scale again at ln(1/tau), `inherit` keeps stage 1's."""
+    import math
+
+    from bike.engine.checkpoint import save_checkpoint
+    from bike.engine.logging import RunLogger
+    from bike.engine.runner import load_init_weights
+
+    stage1 = BikeModel.from_config(_cfg(), NAMES)
+    with torch.no_grad():
+        stage1.logit_scale.log_scale.fill_(3.2)
+    save_checkpoint(tmp_path / "s1.pt", {"model": stage1.state_dict()})
+    cfg = _cfg().model_copy(update={"stage": "attributes", "init_from": str(tmp_path / "s1.pt")})
+    cfg = RunConfig.model_validate({**cfg.model_dump(), "attributes": {**cfg.attributes.model_dump(), "logit_scale": mode}})
+    assert RunConfig().attributes.logit_scale == "restart"
+    stage2 = BikeModel.from_config(cfg, NAMES)
+    load_init_weights(stage2, cfg, RunLogger(tmp_path / "run"), torch.device("cpu"))
+    expected = math.log(100.0) if mode == "restart" else 3.2
+    assert float(stage2.logit_scale.log_scale.detach()) == pytest.approx(expected, abs=1e-6)
+    # the video branch itself is stage 1's either way
+    torch.testing.assert_close(stage2.video_branch.state_dict(), stage1.video_branch.state_dict())

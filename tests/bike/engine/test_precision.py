@@ -22,3 +22,12 @@ def test_cuda_keeps_the_field_and_bad_values_fail():
     assert effective_precision("bf16", "cuda") == "bf16"
     with pytest.raises(ValueError, match="fp32, bf16 or fp16"):
         effective_precision("fp8", "cpu")
+
+
+def test_precision_is_a_profile_switch():
+    """The released train.py defaults to `--precision amp`: fp16 autocast with a GradScaler."""
+    from bike.config import RunConfig
+
+    assert RunConfig().train.precision == "fp16"
+    assert RunConfig(profile="paper").train.precision == "bf16"
+    assert RunConfig(profile="paper", train={"precision": "fp32"}).train.precision == "fp32"

@@ -587,6 +587,9 @@ def check_main(
         print(f"error: {exc}", file=err)
         return 2
     code = 0
+    directions = _directions_text(results, registry)
+    if directions:
+        print(directions, file=out)
     for report in reports:
         print(report.to_text(fail_on_missing), file=out)
         print(file=out)
@@ -596,6 +599,18 @@ def check_main(
         elif report.failed(fail_on_missing):
             code = max(code, 1)
     return code
+
+
+def _directions_text(results: Sequence[ResultCell], registry: Optional[Registry]) -> str:
+    """The ablation-direction summary of the Table 6 cells among ``results`` (harness.directions), or ""."""
+    from harness.directions import ablation_directions
+
+    cells = [{"table": c.table, "row": c.row, "column": c.column, "value": c.value, "variant": c.variant}
+             for c in results if str(c.table).startswith("6") and not c.derived]
+    if not cells:
+        return ""
+    report = ablation_directions(cells, registry)
+    return report.to_markdown() if report.total else ""
 
 
 def _pick(specific: Any, general: Any, from_file: Optional[Tolerances], default: float) -> Any:

@@ -8,6 +8,8 @@
   without a value (paper-only rows, variants not run at this scale, failed runs) are listed in
   ``<results>/table6_missing.json`` with the reason;
 * ``<results>/table6.md``: ours beside the paper (``harness.tables``; a plain table if missing),
+  ending with "Ablation directions: N of M reproduced" and the missed ones (``harness.directions``;
+  also under ``directions`` in ``table6_results.json``),
 
 prints the table and attaches both files to the MLflow parent run of (table6, scale).
 
@@ -32,6 +34,7 @@ from harness.rundir import RunDir, atomic_write_json, atomic_write_text
 from harness.spec import load_spec
 
 if TYPE_CHECKING:
+    from harness.directions import DirectionReport
     from harness.tuning import StudyLambda
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -168,6 +171,14 @@ def study_lambda_cells(
     return out, notes + checks
 
 
+def table6_directions(cells: Sequence[Mapping[str, Any]]) -> "Optional[DirectionReport]":
+    """The ablation directions of our Table 6 cells (:mod:`harness.directions`); None when none is measurable."""
+    from harness.directions import ablation_directions
+
+    report = ablation_directions(cells)
+    return report if report.total else None
+
+
 def run_table6(
     scale: str = "smoke",
     cluster: str = "local",
@@ -201,6 +212,9 @@ def run_table6(
     results_path = results / TABLE6_RESULTS
     missing_path = results / TABLE6_MISSING
     document = drive.results_document(scale)
+    directions = table6_directions(drive.cells)
+    if directions is not None:
+        document["directions"] = directions.to_dict()
     atomic_write_json(results_path, document)
     atomic_write_json(results / f"table6_results_{scale}.json", document)
     atomic_write_json(missing_path, drive.missing)
@@ -214,13 +228,20 @@ def run_table6(
     else:
         (results / TABLE6_LAMBDA).unlink(missing_ok=True)  # a previous --lambda-from's cells no longer match table6.md
     text = render_table6(table_cells, drive.missing, scale, notes=notes)
+    if directions is not None:
+        text = text.rstrip("\n") + "\n\n" + directions.to_markdown()
     atomic_write_text(results / TABLE6_MARKDOWN, text)
     print(text, file=out)
     if kwargs.get("track", True) and drive.tracking_error is None:
         try:
             from harness.tracking import Tracker
 
-            Tracker(results, tracking_uri).log_parent_artifacts(spec.name, scale, artifacts)
+            tracker = Tracker(results, tracking_uri)
+            parent = tracker.log_parent_artifacts(spec.name, scale, artifacts)
+            if directions is not None:
+                tracker.client.log_metric(parent, "ablation_directions_reproduced", directions.reproduced)
+                tracker.client.log_metric(parent, "ablation_directions_total", directions.total)
+                tracker.client.log_metric(parent, "ablation_directions_share", 100.0 * (directions.share or 0.0))
         except Exception as exc:  # noqa: BLE001
             print(f"MLflow: could not attach the table ({exc}); `bikebench sync` does not attach tables", file=out)
     return drive

@@ -60,7 +60,7 @@ def test_table6_smoke_end_to_end(tmp_path):
 
     document = json.loads((results / "table6_results.json").read_text())
     assert document == json.loads((results / "table6_results_smoke.json").read_text())
-    assert document["scale"] == "smoke" and set(document) == {"scale", "world", "cells"}
+    assert document["scale"] == "smoke" and set(document) == {"scale", "world", "cells", "directions"}
     cells = document["cells"]
     assert {"table", "row", "column", "value", "scale", "run_id"} <= set(cells[0])
     by_key = {(c["table"], c["row"], c["column"]): c for c in cells}
@@ -87,6 +87,11 @@ def test_table6_smoke_end_to_end(tmp_path):
     parents = tracker.client.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_PARENT_KEY}` = 'table6:smoke'")
     assert len(parents) == 1
     assert {a.path for a in tracker.client.list_artifacts(parents[0].info.run_id)} >= {"table6.md", "table6_results.json"}
+    # the ablation directions: in the report, the results document and on the parent run
+    dirs = document["directions"]
+    assert dirs["total"] == 46 and 0 <= dirs["reproduced"] <= 46 and len(dirs["misses"]) == 46 - dirs["reproduced"]
+    assert f"Ablation directions: {dirs['reproduced']} of 46 reproduced" in text
+    assert parents[0].data.metrics["ablation_directions_reproduced"] == dirs["reproduced"]
     children = tracker.client.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_RUN_ID}` != ''")
     assert sorted(r.data.tags[TAG_RUN_ID] for r in children) == sorted(r.run_id for r in plan.runs)
     assert all(r.info.status == "FINISHED" for r in children)

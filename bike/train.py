@@ -122,6 +122,13 @@ def run(
         trainer = Trainer(config, model, task, optimizer, scheduler, scaler, run_dir, logger, device,
                           validate=validate, select_split=select)
         progress_state = trainer.fit()
+        train_counts = _training_video_counts(dataset if config.stage == "video" else None, world)
+        if train_counts is not None:
+            logger.info(
+                "training videos (this attempt): %d skipped as bad%s, %d padded (fewer frames than the clip's %d)%s",
+                train_counts["skipped"], f" ({', '.join(train_counts['bad_files'][:5])})" if train_counts["skipped"] else "",
+                train_counts["padded"], config.model.frames,
+                f" ({', '.join(train_counts['padded_files'][:5])})" if train_counts["padded"] else "")
         barrier()
 
         if trainer.best_path.is_file():
@@ -146,7 +153,8 @@ def run(
             "stage": config.stage,
             "split": config.eval.split,
             "metrics": runner.split_metrics(metrics),
-            "counts": {k: counts[k] for k in ("evaluated", "skipped", "bad_files")},
+            "counts": {k: counts[k] for k in ("evaluated", "skipped", "bad_files", "padded", "padded_files") if k in counts},
+            "train_counts": train_counts,
             "metric_counts": counts["per_metric"],
             "video_scores_from": counts.get("video_scores_from"),
             "splits": {s: runner.split_metrics(m) for s, (m, _) in results.items()},
@@ -162,6 +170,24 @@ def run(
         return runner.write_result(run_dir, payload)
     finally:
         logger.close()
+
+
+def _training_video_counts(dataset, world: int) -> Optional[dict]:
+    """Bad (skipped) and padded training videos of this attempt, merged over ranks (None: no video pass).
+
+    ``{"skipped", "bad_files", "padded", "padded_files"}``; every rank takes part (a collective)."""
+    if dataset is None:
+        return None
+    from bike.data.dataset import BadVideoLog
+
+    report = dataset.bad_log.report()
+    if world > 1:
+        import torch.distributed as dist
+
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, report)
+        report = BadVideoLog.merge_reports(gathered)
+    return {k: report[k] for k in ("skipped", "bad_files", "padded", "padded_files")}
 
 
 def _labels_array(records, num_classes: int, multi_label: bool):

@@ -67,6 +67,8 @@ class VideoItem:
     view: int
     path: str = ""
     fallback: Optional[str] = None
+    #: the video's frame count when it has fewer frames than the clip (its frames are repeated)
+    short_of: Optional[int] = None
 
     def _as_tuple(self) -> tuple:
         return (self.clip, self.label, self.video_id, self.view)
@@ -95,6 +97,7 @@ class BadVideoLog:
     good: set = field(default_factory=set)
     bad: dict = field(default_factory=dict)  # video_id -> BadItem
     fallbacks: dict = field(default_factory=dict)  # path -> reason
+    padded: dict = field(default_factory=dict)  # path -> frame count, videos shorter than the clip
     unknown_dropped: int = 0
 
     def record_good(self, video_id: str) -> None:
@@ -102,6 +105,12 @@ class BadVideoLog:
 
     def record_fallback(self, path: str, reason: str) -> None:
         self.fallbacks.setdefault(path, reason)
+
+    def record_padded(self, path: str, num_frames: int) -> None:
+        """A video with fewer frames than the clip: its frames are repeated (logged once per file)."""
+        if path not in self.padded:
+            self.padded[path] = int(num_frames)
+            _log.warning("short video padded: %s has %d frame(s); its frames are repeated to fill the clip", path, num_frames)
 
     def record_bad(self, item: BadItem) -> None:
         """Count a bad video (once per id), log it, and in training enforce the threshold."""
@@ -121,6 +130,8 @@ class BadVideoLog:
         self.unknown_dropped += getattr(batch, "num_none", 0)
         for path, reason in getattr(batch, "fallbacks", ()):
             self.record_fallback(path, reason)
+        for path, n in getattr(batch, "padded", ()):
+            self.record_padded(path, n)
         for vid in batch.video_ids:
             self.record_good(vid)
         for item in batch.bad:
@@ -150,25 +161,30 @@ class BadVideoLog:
         return sorted({b.path for b in self.bad.values()})
 
     def report(self) -> dict:
-        """``{"evaluated": n, "skipped": m, "bad_files": [...], "decoder_fallbacks": [...]}``."""
+        """``{"evaluated": n, "skipped": m, "bad_files": [...], "decoder_fallbacks": [...], "padded": p,
+        "padded_files": [...]}`` (padded: videos with fewer frames than the clip, frames repeated)."""
         return {
             "evaluated": len(self.good - set(self.bad)),
             "skipped": len(self.bad),
             "bad_files": self.bad_files,
             "decoder_fallbacks": sorted(self.fallbacks),
+            "padded": len(self.padded),
+            "padded_files": sorted(self.padded),
         }
 
     @staticmethod
     def merge_reports(reports: Iterable[dict]) -> dict:
         """Combine the reports of several processes (e.g. distributed ranks) with disjoint videos."""
-        out = {"evaluated": 0, "skipped": 0, "bad_files": set(), "decoder_fallbacks": set()}
+        out = {"evaluated": 0, "skipped": 0, "bad_files": set(), "decoder_fallbacks": set(), "padded_files": set()}
         for r in reports:
             out["evaluated"] += int(r["evaluated"])
             out["skipped"] += int(r["skipped"])
             out["bad_files"].update(r["bad_files"])
             out["decoder_fallbacks"].update(r.get("decoder_fallbacks", ()))
-        out["bad_files"] = sorted(out["bad_files"])
-        out["decoder_fallbacks"] = sorted(out["decoder_fallbacks"])
+            out["padded_files"].update(r.get("padded_files", ()))
+        for key in ("bad_files", "decoder_fallbacks", "padded_files"):
+            out[key] = sorted(out[key])
+        out["padded"] = len(out["padded_files"])
         return out
 
 
@@ -255,37 +271,47 @@ class VideoDataset(Dataset):
         record = self.records[vi]
         try:
             if self.train:
-                clip, fallback = self._train_clip(record)
+                clip, fallback, n = self._train_clip(record)
             else:
-                clip, fallback = self._test_clip(vi, record, view)
+                clip, fallback, n = self._test_clip(vi, record, view)
         except BadVideoError as exc:
             return BadItem(video_id=record.video_id, path=exc.path, reason=exc.reason)
-        return VideoItem(clip, self.label_of(record), record.video_id, view, record.path, fallback)
+        short = n if n < self.frames else None
+        return VideoItem(clip, self.label_of(record), record.video_id, view, record.path, fallback, short)
 
-    def _train_clip(self, record: VideoRecord) -> tuple[torch.Tensor, Optional[str]]:
+    def _train_clip(self, record: VideoRecord) -> tuple[torch.Tensor, Optional[str], int]:
+        """(clip, decoder fallback, the video's frame count)."""
         # One seed per item from the process's torch RNG (seeded per worker by the DataLoader).
         seed = int(torch.randint(0, SEED_SPACE, (), dtype=torch.int64))
         gen = torch.Generator().manual_seed(seed)
-        frames, _, src = sample_and_decode(
-            record, lambda n: tsn_train_indices(n, self.frames, gen), self.backend, self.frame_template
-        )
-        return self.train_transform(frames, gen), src.fallback_reason
+        count: list[int] = []
 
-    def _test_clip(self, vi: int, record: VideoRecord, view: int) -> tuple[torch.Tensor, Optional[str]]:
+        def choose(n: int) -> np.ndarray:
+            count.append(n)
+            return tsn_train_indices(n, self.frames, gen)
+
+        frames, _, src = sample_and_decode(record, choose, self.backend, self.frame_template)
+        return self.train_transform(frames, gen), src.fallback_reason, count[0]
+
+    def _test_clip(self, vi: int, record: VideoRecord, view: int) -> tuple[torch.Tensor, Optional[str], int]:
+        """(clip of one view, decoder fallback, the video's frame count); decodes once per video."""
         if self._cache_key != vi:
             self._cache_key = None  # never reuse a half-filled cache after an error
+            count: list[int] = []
 
             def choose(n: int) -> np.ndarray:
+                count.append(n)
                 return np.concatenate(
                     [tsn_test_indices(n, self.frames, self.frame_mode, c, self.clips) for c in range(self.clips)]
                 )
 
             frames, _, src = sample_and_decode(record, choose, self.backend, self.frame_template)
             self._cache_key, self._cache_frames, self._cache_fallback = vi, frames, src.fallback_reason
+            self._cache_count = count[0]
         clip_index, position = self.grid[view]
         t = self.frames
         frames = self._cache_frames[clip_index * t : (clip_index + 1) * t]
-        return self.test_transforms[position](frames), self._cache_fallback
+        return self.test_transforms[position](frames), self._cache_fallback, self._cache_count
 
 
 def find_bad_videos(

@@ -49,6 +49,7 @@ class Batch:
     bad: list = field(default_factory=list)
     fallbacks: list = field(default_factory=list)
     num_none: int = 0
+    padded: list = field(default_factory=list)  # (path, frame count) of videos shorter than the clip
 
     def __iter__(self) -> Iterator:
         return iter((self.clips, self.labels, self.video_ids, self.views))
@@ -86,16 +87,17 @@ def collate_videos(items: Sequence[Union[VideoItem, BadItem, None, tuple]]) -> B
     bad = [it for it in items if isinstance(it, BadItem)]
     num_none = sum(1 for it in items if it is None)
     fallbacks = [(it.path, it.fallback) for it in good if isinstance(it, VideoItem) and it.fallback]
+    padded = [(it.path, it.short_of) for it in good if isinstance(it, VideoItem) and it.short_of is not None]
     if not good:
         empty = torch.empty(0)
-        return Batch(empty, empty.long(), [], empty.long(), bad, fallbacks, num_none)
+        return Batch(empty, empty.long(), [], empty.long(), bad, fallbacks, num_none, padded)
     clips, labels, ids, views = zip(*(tuple(it) for it in good))
     clips_t = torch.stack(clips)
     if isinstance(labels[0], torch.Tensor):
         labels_t = torch.stack(labels).to(torch.float32)
     else:
         labels_t = torch.tensor(labels, dtype=torch.long)
-    return Batch(clips_t, labels_t, list(ids), torch.tensor(views, dtype=torch.long), bad, fallbacks, num_none)
+    return Batch(clips_t, labels_t, list(ids), torch.tensor(views, dtype=torch.long), bad, fallbacks, num_none, padded)
 
 
 class EpochShuffleSampler(Sampler[int]):

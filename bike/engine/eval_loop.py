@@ -308,7 +308,8 @@ def _scores_from_cache(cache, views: int) -> VideoScores:
         class_emb=np.asarray(cache.class_emb) if cache.class_emb is not None else np.zeros((cache.num_classes, 0), np.float32),
         frame_emb=None if cache.frame_emb is None else np.asarray(cache.frame_emb),
         view_scores=None if cache.view_scores is None else np.asarray(cache.view_scores),
-        counts={"skipped": int(report.get("skipped", 0)), "bad_files": list(report.get("bad_files", []))},
+        counts={"skipped": int(report.get("skipped", 0)), "bad_files": list(report.get("bad_files", [])),
+                "padded": int(report.get("padded", 0)), "padded_files": list(report.get("padded_files", []))},
     )
 
 
@@ -373,7 +374,8 @@ def evaluate_split(
         return None
     metrics = protocol_metrics(config, vs, attr, world)
     counts = {"evaluated": len(vs.video_ids), "skipped": int(vs.counts.get("skipped", 0)),
-              "bad_files": list(vs.counts.get("bad_files", [])), "per_metric": metric_counts(metrics),
+              "bad_files": list(vs.counts.get("bad_files", [])), "padded": int(vs.counts.get("padded", 0)),
+              "padded_files": list(vs.counts.get("padded_files", [])), "per_metric": metric_counts(metrics),
               "video_scores_from": str(reused.directory) if reused is not None else None}
     if write:
         write_cache(

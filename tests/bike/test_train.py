@@ -37,7 +37,8 @@ def test_run_writes_the_run_directory_and_is_idempotent(data, tmp_path, monkeypa
               "cache/val/video_scores.npy", "cache/val/manifest.json"):
         assert (run / f).is_file(), f
     assert res["status"] == "done" and res["run_id"] == cfg.content_hash() and res["stage"] == "video"
-    assert res["counts"] == {"evaluated": 6, "skipped": 0, "bad_files": []}
+    assert res["counts"] == {"evaluated": 6, "skipped": 0, "bad_files": [], "padded": 0, "padded_files": []}
+    assert res["train_counts"] == {"skipped": 0, "bad_files": [], "padded": 0, "padded_files": []}
     assert res["selected_on"] == "val" and res["steps"] == 6  # 12 videos / batch 4 x 2 epochs
     assert 0 <= res["metrics"]["top1"] <= 100 and "mean_class" in res["metrics"]
     kinds = [r["kind"] for r in read_metrics(run)]
@@ -146,3 +147,28 @@ def test_main_entry_point(data, tmp_path, capsys):
     bad.write_text("train:\n  epochz: 3\n")
     assert train_mod.main(["--config", str(bad), "--run-dir", str(tmp_path / "b")]) == 2
     assert "bad.yaml" in capsys.readouterr().err
+
+
+def test_skipped_and_padded_training_videos_are_in_the_run_record(data, tmp_path):
+    """A training video that cannot be read is skipped and a 1-frame one padded: result.json and
+    log.txt name both (not only the job's stderr)."""
+    import numpy as np
+
+    from bike.data.video_io import write_mp4
+
+    root = Path(data["root"])
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    write_mp4(tmp_path / "one_frame.mp4", np.full((1, 64, 64, 3), 120, dtype=np.uint8))
+    train_list = tmp_path / "train.txt"
+    lines = Path(data["train_list"]).read_text().splitlines()
+    train_list.write_text("\n".join(lines + [f"{tmp_path / 'empty.mp4'} 0", f"{tmp_path / 'one_frame.mp4'} 1"]) + "\n")
+    cfg = tiny_config({**data, "train_list": str(train_list), "bad_video_threshold": 0.2},
+                      train={"epochs": 1, "select_on": "none"})
+    res = train_mod.run(cfg, tmp_path / "run", progress=False)
+    tc = res["train_counts"]
+    assert tc["skipped"] == 1 and tc["bad_files"] == [str(tmp_path / "empty.mp4")]
+    assert tc["padded"] == 1 and tc["padded_files"] == [str(tmp_path / "one_frame.mp4")]
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["train_counts"] == tc
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "1 skipped as bad" in log and "1 padded (fewer frames than the clip's 2)" in log and "one_frame.mp4" in log
+    assert root.is_dir()

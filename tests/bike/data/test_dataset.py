@@ -149,6 +149,11 @@ def test_bad_video_log_threshold_and_report():
     lenient.record_good("y")
     lenient.record_bad(BadItem("x", "/x.mp4", "file not found"))
     lenient.end_of_pass()
-    assert lenient.report() == {"evaluated": 1, "skipped": 1, "bad_files": ["/x.mp4"], "decoder_fallbacks": []}
-    merged = BadVideoLog.merge_reports([lenient.report(), {"evaluated": 2, "skipped": 0, "bad_files": []}])
+    lenient.record_padded("/short.mp4", 1)
+    lenient.record_padded("/short.mp4", 1)  # counted once
+    assert lenient.report() == {"evaluated": 1, "skipped": 1, "bad_files": ["/x.mp4"], "decoder_fallbacks": [],
+                                "padded": 1, "padded_files": ["/short.mp4"]}
+    merged = BadVideoLog.merge_reports([lenient.report(), {"evaluated": 2, "skipped": 0, "bad_files": [],
+                                                           "padded_files": ["/s2.mp4"]}])
     assert (merged["evaluated"], merged["skipped"], merged["bad_files"]) == (3, 1, ["/x.mp4"])
+    assert (merged["padded"], merged["padded_files"]) == (2, ["/s2.mp4", "/short.mp4"])

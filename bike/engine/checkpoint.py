@@ -85,6 +85,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except Exception as exc:  # truncated, foreign pickle, ...
         raise ValueError(f"{path}: not a readable bikebench checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or "model" not in state:
+        from bike.official import convert_official_state, infer_model_config, is_official_checkpoint, strip_ddp_prefix
+
+        if is_official_checkpoint(state):  # the authors' released layout (bike.official): init_from may name it
+            clip, head = strip_ddp_prefix(state["model_state_dict"]), strip_ddp_prefix(state["fusion_model_state_dict"])
+            infer_model_config(clip, head, source=str(path))  # refuses heads it does not know
+            return {"model": convert_official_state(clip, head), "official": True}
         raise ValueError(f"{path}: not a bikebench checkpoint (expected a dict with a 'model' entry)")
     return state
 

@@ -97,8 +97,16 @@ class FusionProblem:
         return self.scorer.scores(k)[self.keep]
 
     def attr_side(self, k: Optional[int], transform: Optional[str] = None) -> np.ndarray:
-        """``T(S_A(k))`` ``[N, K]`` float64."""
-        return transform_scores(self.attr_scores(k), self._transform(transform))  # type: ignore[arg-type]
+        """``T(S_A(k))`` ``[N, K]`` float64. The cached scores are of the kind the manifest's
+        ``extra.attr_score_kind`` says (an imported cache of the released files: ``probabilities``,
+        already the softmax side); recomputed scores are logits."""
+        kind = self.cache.extra.get("attr_score_kind", "logits") if k is None else "logits"
+        t = self._transform(transform)
+        try:
+            check_transform(t, kind)
+        except ValueError as exc:
+            raise CacheError(f"{self.cache.directory / MANIFEST}: attribute scores: {exc}") from None
+        return transform_scores(self.attr_scores(k), t, kind)  # type: ignore[arg-type]
 
     def curve(self, k: Optional[int], transform: Optional[str] = None) -> LambdaCurve:
         """Exact metric-vs-λ for this k (cached)."""

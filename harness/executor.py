@@ -29,6 +29,7 @@ from harness.expand import Plan, PlannedRun, prepare_run_dirs
 from harness.jobs import JobTarget, RunJob, job_target, threads_for
 from harness.rundir import TERMINAL_STATES, RunDir
 from harness.spec import ResourceSpec, SlurmSpec
+from harness.spec.models import parse_slurm_time
 
 CLUSTERS: tuple[str, ...] = ("local", "slurm", "debug")
 DEFAULT_SIGNAL_DELAY_S = 120  # time to write a checkpoint of a large model before the limit
@@ -79,30 +80,6 @@ def signal_delay(resources: ResourceSpec) -> int:
         return resources.signal_delay_s
     limit_s = float(resources.timeout_min or 0) * 60
     return max(1, int(min(DEFAULT_SIGNAL_DELAY_S, limit_s * SIGNAL_DELAY_MAX_SHARE)))
-
-
-def parse_slurm_time(value: int | str) -> int:
-    """SLURM time (minutes, ``MM:SS``, ``HH:MM:SS``, ``D-HH[:MM[:SS]]``) → whole minutes (rounded up)."""
-    if isinstance(value, int):
-        return value
-    text = str(value).strip()
-    if text.isdigit():
-        return int(text)
-    days = 0
-    if "-" in text:
-        d, text = text.split("-", 1)
-        days = int(d)
-    parts = [int(p) for p in text.split(":")]
-    if days:
-        parts += [0] * (3 - len(parts))
-        h, m, s = parts
-    elif len(parts) == 3:
-        h, m, s = parts
-    elif len(parts) == 2:
-        h, m, s = 0, parts[0], parts[1]
-    else:
-        raise ValueError(f"SLURM time {value!r}: expected minutes or [D-]HH:MM:SS")
-    return days * 24 * 60 + h * 60 + m + math.ceil(s / 60)
 
 
 def slurm_parameters(resources: ResourceSpec, job_name: str, dependency: Sequence[str] = ()) -> dict[str, Any]:
@@ -273,6 +250,7 @@ class Runner:
         self.log = log
         self.folder: Optional[Path] = None
         self.submissions: list[Submission] = []
+        self._preflown: Optional[int] = None
 
     # -------------------------------------------------------------- helpers
     def target(self, kind: str) -> JobTarget:
@@ -298,9 +276,25 @@ class Runner:
         return RunJob(run.run_dir, run.config.to_yaml(), self.target(run.kind), self.job_threads(run))
 
     # -------------------------------------------------------------- main entry
+    def preflight(self, plan: Plan, dry_run: bool = False) -> None:
+        """Refuse the plan when a run not yet done would meet bad inputs (:mod:`harness.preflight`: files,
+        lists, backbones, batch sizes, ...) or resources that cannot work, before anything is made or
+        submitted; a dry run prints the input problems as warnings. Done once per plan."""
+        from harness.preflight import preflight
+
+        if self._preflown == id(plan):
+            return
+        todo = [run for run in plan.runs if not RunDir(run.run_dir).is_done()]
+        for run in todo:
+            self.parameters(run)  # resources that cannot work (e.g. the signal inside the start-up)
+        preflight(Plan(plan.scale, plan.results, todo, specs=plan.specs), self.cluster, self.resources,
+                  self.job_targets, dry_run=dry_run)
+        self._preflown = id(plan)
+
     def execute(self, plan: Plan, dry_run: bool = False) -> dict[str, RunOutcome]:
         """Run every planned run not yet done; returns an outcome per run id."""
         outcomes: dict[str, RunOutcome] = {}
+        self.preflight(plan, dry_run=dry_run)
         if not dry_run:
             prepare_run_dirs(plan)
         pending: list[PlannedRun] = []

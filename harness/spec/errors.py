@@ -9,7 +9,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 from pydantic import BaseModel, ValidationError
 
-from bike.config import ConfigError, format_validation_error
+from bike.config import ConfigError, format_validation_error, short_repr
 
 # Location parts pydantic adds for the members of a union field (init_from: mapping or path).
 _UNION_MEMBERS = frozenset({"InitFromSpec", "str"})
@@ -38,7 +38,7 @@ def _format_pydantic(source: str | Path, exc: ValidationError, prefix: str, root
         elif err["type"] == "extra_forbidden":
             allowed = _allowed_fields_at(root, tuple(loc_parts[:-1]))
             if allowed:
-                line = f"  {loc}: got {err.get('input')!r}; unknown field. Allowed: {', '.join(sorted(allowed))}"
+                line = f"  {loc}: got {short_repr(err.get('input'))}; unknown field. Allowed: {', '.join(sorted(allowed))}"
         else:
             line = "  " + loc + ":" + line.split(":", 1)[1] if ":" in line else line
         out.append(line)

@@ -6,12 +6,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
+import yaml
 from pydantic import ValidationError
 
-from bike.config import format_validation_error, read_yaml_file
+from bike.config import MAX_SEED, format_validation_error, read_yaml_file, short_repr
 from harness.spec.errors import SpecError, _format_pydantic
 from harness.spec.models import DATASET_EXTRA_FIELDS, SECTION_MODELS, WORLD_SPLITS, InitFromSpec, Spec
-from harness.spec.overrides import _is_placeholder, _section_fields, expand_env, flatten_overrides, parse_overrides
+from harness.spec.overrides import (
+    _is_placeholder,
+    _section_fields,
+    check_text,
+    expand_env,
+    flatten_overrides,
+    parse_overrides,
+)
 
 
 def _check_values(section: str, values: Mapping[str, Any], source: str | Path, where: str) -> list[str]:
@@ -28,7 +36,7 @@ def _check_values(section: str, values: Mapping[str, Any], source: str | Path, w
         world = values["world"]
         if world not in (None, False, "auto") + WORLD_SPLITS:
             lines.append(
-                f"  {where}.world: got {world!r}; expected one of {('auto',) + WORLD_SPLITS} or null"
+                f"  {where}.world: got {short_repr(world)}; expected one of {('auto',) + WORLD_SPLITS} or null"
             )
     try:
         cls.model_validate(data)
@@ -43,11 +51,11 @@ def _check_values(section: str, values: Mapping[str, Any], source: str | Path, w
 def _check_top(name: str, value: Any, where: str) -> list[str]:
     allowed: dict[str, tuple[Any, ...]] = {"profile": ("official", "paper"), "stage": ("video", "attributes", "eval")}
     if name in allowed and value not in allowed[name]:
-        return [f"  {where}: got {value!r}; expected one of {allowed[name]}"]
-    if name == "seed" and (not isinstance(value, int) or isinstance(value, bool)):
-        return [f"  {where}: got {value!r}; expected an integer"]
+        return [f"  {where}: got {short_repr(value)}; expected one of {allowed[name]}"]
+    if name == "seed" and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEED):
+        return [f"  {where}: got {short_repr(value)}; expected an integer in 0..{MAX_SEED}"]
     if name == "init_from" and value is not None and not isinstance(value, str):
-        return [f"  {where}: got {value!r}; expected a checkpoint path (variants use init_from: {{variant: X}})"]
+        return [f"  {where}: got {short_repr(value)}; expected a checkpoint path (variants use init_from: {{variant: X}})"]
     return []
 
 
@@ -64,6 +72,66 @@ def _check_dotted(flat: Mapping[tuple[str, ...], Any], source: str | Path, where
     return lines
 
 
+# ---------------------------------------------------------------------------------- YAML
+#: Most nodes a YAML document may expand to, aliases counted at every use (a 1 KB "billion laughs"
+#: alias bomb expands to millions; the largest shipped spec to a few hundred).
+MAX_YAML_NODES = 20_000
+
+
+class StrictYAMLLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate mapping keys (a second variant silently replacing the
+    first) and documents whose aliases expand past :data:`MAX_YAML_NODES` nodes."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        sizes: dict[int, int] = {}
+
+        def size(n: yaml.Node, depth: int = 0) -> int:
+            if id(n) in sizes:
+                return sizes[id(n)]
+            if depth > 200:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"nesting deeper than 200 levels; expected a spec of at most 200", n.start_mark)
+            sizes[id(n)] = 1  # a recursive alias counts once
+            total = 1
+            if isinstance(n, yaml.MappingNode):
+                total += sum(size(k, depth + 1) + size(v, depth + 1) for k, v in n.value)
+            elif isinstance(n, yaml.SequenceNode):
+                total += sum(size(v, depth + 1) for v in n.value)
+            sizes[id(n)] = min(total, MAX_YAML_NODES + 1)
+            return sizes[id(n)]
+
+        if size(node) > MAX_YAML_NODES:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the document expands to more than {MAX_YAML_NODES} nodes (aliases counted at each use); "
+                "expected a spec without alias bombs", node.start_mark)
+        return super().construct_document(node)
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:
+                    continue  # an unhashable key: SafeLoader reports it
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"found duplicate key {short_repr(key, 80)} (first at line {first}); each key may appear "
+                        "once in a mapping", key_node.start_mark)
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_strict_yaml(path: str | Path, error: type[Exception], what: str) -> Any:
+    """The content of a YAML file read with :class:`StrictYAMLLoader`; every problem raises ``error``
+    naming the file (missing, a directory, not UTF-8, bad YAML, duplicate keys, alias bombs)."""
+    return read_yaml_file(path, error, what=what, loader=StrictYAMLLoader)
+
+
 # ---------------------------------------------------------------------------------- loading
 def load_spec(
     path: str | Path,
@@ -75,10 +143,13 @@ def load_spec(
     Raises :class:`SpecError` naming the file, the dotted field path, the value and what is allowed.
     """
     path = Path(path)
-    raw = read_yaml_file(path, SpecError, what="spec file")
+    raw = read_strict_yaml(path, SpecError, what="spec file")
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: <root>: got {type(raw).__name__}; expected a mapping of spec fields")
     raw = expand_env(raw, path, env=env)
+    problems = check_text(raw, path)
+    if problems:
+        raise SpecError("\n".join([f"{path}: invalid text in the spec ({len(problems)} error(s))"] + problems[:20]))
     spec = spec_from_dict(raw, source=path)
     spec._path = path.resolve()
     check_cells_exist(spec, path)
@@ -130,7 +201,7 @@ def spec_from_dict(raw: Mapping[str, Any], source: str | Path = "<spec>") -> Spe
         for key in values:
             if key not in _section_fields(section):
                 lines.append(
-                    f"  {section}.{key}: got {values[key]!r}; unknown field. Allowed: {', '.join(_section_fields(section))}"
+                    f"  {section}.{key}: got {short_repr(values[key])}; unknown field. Allowed: {', '.join(_section_fields(section))}"
                 )
         known = {k: v for k, v in values.items() if k in _section_fields(section)}
         lines += _check_values(section, known, source, section)

@@ -4,12 +4,16 @@ the world splits, and the resources (:class:`ResourceSpec`, :class:`SlurmSpec`, 
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from bike.config import (
+    MAX_SEED,
+    _admits_bool,
     AttributesConfig,
     DataConfig,
     EvalConfig,
@@ -52,9 +56,94 @@ TOP_LEVEL_FIELDS: tuple[str, ...] = ("profile", "seed", "stage", "init_from")
 DATASET_EXTRA_FIELDS: tuple[str, ...] = ("world", "name")
 
 
+# ---------------------------------------------------------------------------------- names and text
+#: Spec, variant and study names: they name directories, MLflow experiments and table rows.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+NAME_RULE = "1-64 characters: letters, digits, '_', '-', '.', starting with a letter or digit (no path components)"
+#: A cell's metric: a key of the run's result.json metrics (``bike.engine.eval_loop``), optionally ``metrics.``-prefixed.
+METRIC_RE = re.compile(
+    r"(?:metrics\.)?(?:(?:video_|attr_|fused_)?(?:top1|top5|mean_class|mAP|mAP_official_running)"
+    r"|zs_(?:half|full|k600)_(?:top1|top5|mean|std|top5_mean|top5_std|split\d+)|fusion_lambda)")
+METRIC_RULE = ("[video_|attr_|fused_]top1|top5|mean_class|mAP, zs_{half,full,k600}_{top1,top5,mean,std,...} "
+               "or fusion_lambda")
+#: Longest string a spec field may hold (a path is at most 4096 bytes on Linux), and free text.
+MAX_FIELD_CHARS = 4096
+MAX_FREE_TEXT_CHARS = 65536
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+_FREE_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def name_problem(value: Any) -> Optional[str]:
+    """Why ``value`` cannot be a spec/variant/study name, or None."""
+    if isinstance(value, str) and NAME_RE.fullmatch(value):
+        return None
+    return f"expected a name of {NAME_RULE}"
+
+
+def text_problem(value: str, free: bool = False) -> Optional[str]:
+    """Why ``value`` cannot be a field's text (a control character, too long), or None."""
+    limit = MAX_FREE_TEXT_CHARS if free else MAX_FIELD_CHARS
+    if len(value) > limit:
+        return f"{len(value)} characters; expected at most {limit}"
+    bad = (_FREE_CONTROL_RE if free else _CONTROL_RE).search(value)
+    if bad:
+        return (f"control character {bad.group()!r} at position {bad.start()}; expected printable text (a newline "
+                "or control character would reach a shell line, an sbatch script or a table)")
+    return None
+
+
+def parse_slurm_time(value: Union[int, str]) -> int:
+    """SLURM time (minutes, ``MM:SS``, ``HH:MM:SS``, ``D-HH[:MM[:SS]]``) → whole minutes (rounded up).
+    Raises ValueError naming the value and the forms allowed."""
+    rule = f"SLURM time {value!r}: expected minutes >= 1, MM:SS, HH:MM:SS or D-HH[:MM[:SS]]"
+    if isinstance(value, bool):
+        raise ValueError(rule)
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError(rule)
+        return value
+    text = str(value).strip()
+    if not re.fullmatch(r"(?:\d{1,5}-)?\d{1,6}(?::\d{1,2}){0,2}", text):
+        raise ValueError(rule)
+    if text.isdigit():
+        minutes = int(text)
+    else:
+        days = 0
+        if "-" in text:
+            d, text = text.split("-", 1)
+            days = int(d)
+        parts = [int(p) for p in text.split(":")]
+        if days:
+            parts += [0] * (3 - len(parts))
+            h, m, s = parts
+        elif len(parts) == 3:
+            h, m, s = parts
+        else:
+            h, m, s = 0, parts[0], parts[1]
+        minutes = days * 24 * 60 + h * 60 + m + math.ceil(s / 60)
+    if minutes < 1:
+        raise ValueError(rule)
+    return minutes
+
+
 # ---------------------------------------------------------------------------------- spec models
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, value: Any, info: Any) -> Any:
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            if not _admits_bool(cls.model_fields[info.field_name].annotation):
+                raise ValueError("expected a number or a string, not a boolean")
+        return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _finite_numbers(cls, value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("expected a finite number")
+        return value
 
 
 class SlurmSpec(_Strict):
@@ -76,6 +165,52 @@ class SlurmSpec(_Strict):
     additional: dict[str, Union[str, int, float, bool]] = Field(
         default_factory=dict, description="Extra sbatch options, e.g. {reservation: x} -> #SBATCH --reservation=x."
     )
+
+    @field_validator("partition", "account", "qos", "constraint", "exclude", "mem")
+    @classmethod
+    def _one_token(cls, value: Optional[str]) -> Optional[str]:
+        """Values written into ``#SBATCH`` lines: printable, without spaces."""
+        if value is None:
+            return value
+        why = text_problem(value) or (None if value.strip() and not re.search(r"\s", value) else
+                                      "expected a non-empty value without whitespace")
+        if why:
+            raise ValueError(why)
+        return value
+
+    @field_validator("mem")
+    @classmethod
+    def _mem(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not re.fullmatch(r"\d+[KMGTkmgt]?", value):
+            raise ValueError("expected SLURM memory like 64G, 16000M or 4096 (a number with K, M, G or T)")
+        return value
+
+    @field_validator("time")
+    @classmethod
+    def _time(cls, value: Optional[Union[int, str]]) -> Optional[Union[int, str]]:
+        if value is not None:
+            parse_slurm_time(value)
+        return value
+
+    @field_validator("setup")
+    @classmethod
+    def _setup_lines(cls, value: list[str]) -> list[str]:
+        for i, line in enumerate(value):
+            why = text_problem(line)
+            if why:
+                raise ValueError(f"line {i}: {why} (one shell line per list entry)")
+        return value
+
+    @field_validator("additional")
+    @classmethod
+    def _additional(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key, item in value.items():
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,63}", str(key)):
+                raise ValueError(f"option {key!r}: expected an sbatch option name (letters, digits, '_', '-')")
+            why = text_problem(str(item))
+            if why:
+                raise ValueError(f"option {key!r}: {why}")
+        return value
 
     def merged(self, other: Optional["SlurmSpec"]) -> "SlurmSpec":
         """``other``'s explicitly set fields win (``additional``/``setup`` are combined)."""
@@ -128,6 +263,13 @@ class CellSpec(_Strict):
     column: str = Field(min_length=1)
     metric: str = Field(min_length=1, description="e.g. video_top1, attr_top1, fused_top1, mAP.")
 
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if not METRIC_RE.fullmatch(value):
+            raise ValueError(f"not a metric a run reports; expected one of {METRIC_RULE}")
+        return value
+
 
 class PaperCell(_Strict):
     """A cell with a published number and no run of ours (e.g. another method's row)."""
@@ -158,11 +300,11 @@ class VariantSpec(_Strict):
 
 
 class Spec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str
     family: Family
     description: str = ""
     profile: Optional[Profile] = None
-    seed: Optional[int] = None
+    seed: Optional[int] = Field(None, ge=0, le=MAX_SEED)
     stage: Optional[Stage] = None
     dataset: dict[str, Any] = Field(default_factory=dict)
     model: dict[str, Any] = Field(default_factory=dict)
@@ -176,6 +318,23 @@ class Spec(_Strict):
     resources: dict[ScaleName, ResourceSpec] = Field(default_factory=dict)
     variants: dict[str, VariantSpec] = Field(min_length=1)
     paper_only: list[PaperCell] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        why = name_problem(value)
+        if why:
+            raise ValueError(why)
+        return value
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            why = name_problem(key)
+            if why:
+                raise ValueError(f"variant {str(key)[:80]!r}: {why}")
+        return value
 
     _path: Path = PrivateAttr(default=Path("<spec>"))
     _cli_overrides: dict[str, Any] = PrivateAttr(default_factory=dict)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import re
 import typing
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence, Union
@@ -12,8 +11,10 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bike.config import ConfigError, RunConfig, read_yaml_file
+from bike.config import MAX_SEED, ConfigError, RunConfig, _admits_bool, short_repr
 from harness.spec import ResourceSpec
+from harness.spec.load import read_strict_yaml
+from harness.spec.models import name_problem, text_problem
 
 ObjectiveName = Literal["fused_top1", "fused_mean_class"]
 TransformName = Literal["softmax", "cosine"]
@@ -27,6 +28,25 @@ OBJECTIVE_METRIC = {"fused_top1": "top1", "fused_mean_class": "mean_class"}
 # ==================================================================================== sweep spec
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, value: Any, info: Any) -> Any:
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            if not _admits_bool(cls.model_fields[info.field_name].annotation):
+                raise ValueError("expected a number or a string, not a boolean")
+        return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _finite_text(cls, value: Any, info: Any) -> Any:
+        if isinstance(value, float) and not np.isfinite(value):
+            raise ValueError("expected a finite number")
+        if isinstance(value, str):
+            why = text_problem(value, free=info.field_name == "description")
+            if why:
+                raise ValueError(why)
+        return value
 
 
 class FloatRange(_Strict):
@@ -128,7 +148,7 @@ class SweepSpec(_Strict):
     """An Optuna study on cached scores (``sweeps/*.yaml``)."""
 
     study: str = Field(..., min_length=1, description="Optuna study name (also the study directory).")
-    description: str = ""
+    description: str = Field("", max_length=65536)
     source_run: Optional[str] = Field(None, description="Run directory holding the caches.")
     source: Optional[SourceRef] = Field(None, description="Or: the spec + variant whose run the harness resolves.")
     attr_run: Optional[str] = Field(None, description="Optional run whose attribute caches are joined by video id.")
@@ -138,7 +158,7 @@ class SweepSpec(_Strict):
     )
     objective: ObjectiveName = "fused_top1"
     sampler: Literal["tpe", "grid"] = "tpe"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     n_trials: int = Field(50, ge=1, description="Trials per worker.")
     workers: int = Field(1, ge=1, description="Workers sharing the study: one submitit job array of this many tasks.")
     executor: Optional[ExecutorName] = Field(
@@ -171,8 +191,8 @@ class SweepSpec(_Strict):
     def _check(self) -> "SweepSpec":
         if self.source_run is None and self.source is None:
             raise ValueError("give source_run (a run directory) or source (spec + variant)")
-        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.study):
-            raise ValueError(f"study={self.study!r}: use letters, digits, '_', '-', '.' (it names a directory)")
+        if name_problem(self.study):
+            raise ValueError(f"study={short_repr(self.study, 80)}: {name_problem(self.study)}; it names a directory")
         if self.sampler == "grid" and isinstance(self.space.lam, FloatRange) and self.space.lam.values() is None:
             raise ValueError("sampler 'grid' needs space.lam to be 'exact', a number, or a range with step or grid")
         if self.tune_on == "holdout" and self.split not in (None, "tune"):
@@ -209,7 +229,7 @@ def _format_errors(source: str | Path, exc: ValidationError) -> str:
             msg = f"unknown field (allowed: {', '.join(_allowed_fields(err['loc']))})"
         elif err["type"] == "literal_error" and "expected" in err.get("ctx", {}):
             msg = f"expected one of {err['ctx']['expected']}"
-        lines.append(f"  {loc or '<root>'}: got {err.get('input')!r}; {msg}")
+        lines.append(f"  {loc or '<root>'}: got {short_repr(err.get('input'))}; {msg}")
     return "\n".join(dict.fromkeys(lines))
 
 
@@ -237,7 +257,8 @@ def _set_dotted(raw: dict, dotted: str, value: Any, source: str) -> None:
         if nxt is None:
             nxt = node[key] = {}
         if not isinstance(nxt, dict):
-            raise SweepSpecError(f"{source}: override {dotted!r}: {'.'.join(keys[: i + 1])} is {nxt!r}, not a mapping")
+            raise SweepSpecError(f"{source}: override {short_repr(dotted)}: {'.'.join(keys[: i + 1])} is {short_repr(nxt)}, "
+                                 "not a mapping")
         node = nxt
     node[keys[-1]] = value
 
@@ -248,14 +269,23 @@ def load_sweep_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpe
     Errors name the file and the dotted field path.
     """
     path = Path(path)
-    raw = read_yaml_file(path, SweepSpecError) or {}
+    raw = read_strict_yaml(path, SweepSpecError, what="sweep spec file") or {}
     if not isinstance(raw, dict):
         raise SweepSpecError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     for item in overrides:
-        if "=" not in item:
-            raise SweepSpecError(f"{path}: override {item!r}: expected key=value")
-        key, value = item.split("=", 1)
-        _set_dotted(raw, key.strip(), yaml.safe_load(value), str(path))
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or any(not k for k in key.strip().split(".")):
+            raise SweepSpecError(f"command line (for {path}): override {short_repr(item)}: expected key=value with a "
+                                 "dotted key, e.g. n_trials=20")
+        why = text_problem(item)
+        if why:
+            raise SweepSpecError(f"command line (for {path}): override {short_repr(item)}: {why}")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise SweepSpecError(f"command line (for {path}): {key.strip()}: got {short_repr(value)}; not a YAML value "
+                                 f"({short_repr(str(exc), 300)})") from None
+        _set_dotted(raw, key.strip(), parsed, str(path))
     try:
         return SweepSpec.model_validate(raw)
     except ValidationError as exc:

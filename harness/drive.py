@@ -5,14 +5,22 @@
 (:mod:`harness.executor`), replay the run directories into MLflow (:func:`log_to_mlflow`,
 :mod:`harness.tracking`) and collect the value of every table cell the specs name
 (:func:`collect_cells`; cells without one are listed with the reason).
+
+One run per run id, whatever runs at the same time: the driver holds the lock of every run directory
+it plans (:meth:`harness.rundir.RunDir.lock`, taken in run-id order so that two drivers never wait for
+each other crosswise) from before it looks at them until its jobs have ended. A second driver asking
+for the same runs waits, then finds them done (or resumes what the first left unfinished); MLflow
+logging then takes the store's lock (:meth:`harness.tracking.Tracker.locked`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from harness.executor import Runner, RunOutcome
 from harness.expand import Plan, WorldProvider, bike_world, default_world_root, expand
@@ -81,7 +89,8 @@ def collect_cells(plan: Plan) -> tuple[list[dict[str, Any]], list[dict[str, Any]
             reason = f"run is {rd.state()}" if result is None else f"result.json has no metric {cell.metric!r}"
             missing.append({**base, "value": None, "reason": reason})
         else:
-            cells.append({**base, "value": value})
+            std = result_metric(result, cell.metric[: -len("_mean")] + "_std") if cell.metric.endswith("_mean") else None
+            cells.append({**base, "value": value, **({"std": std} if std is not None else {})})
     for nr in plan.not_run:
         key = (nr.table, nr.row, nr.column)
         if key not in seen:
@@ -94,17 +103,44 @@ def log_to_mlflow(plan: Plan, results: Path, tracking_uri: Optional[str], log: C
     """Replay the plan's run directories into MLflow; returns an error text instead of raising
     (a tracking server being down must not lose a finished table: `bikebench sync` catches up)."""
     try:
-        from harness.tracking import Tracker
+        from harness.tracking import Tracker, TrackingError, one_line
 
         tracker = Tracker(results, tracking_uri)
         entries = [(RunDir(r.run_dir), spec, variant, plan.scale) for r in plan.runs for spec, variant in r.requested_by]
         report = tracker.log_plan_runs(entries)
         log(f"MLflow ({tracker.uri}): {report}")
+        for line in report.failed:
+            log(f"MLflow did not take run {line}")
+        if report.failed:
+            return f"MLflow logging failed for {len(report.failed)} run(s); run `bikebench sync` once fixed"
         return None
+    except TrackingError as exc:
+        message = f"MLflow logging failed: {exc}; run `bikebench sync` later"
     except Exception as exc:  # noqa: BLE001 - any tracking failure is reported, not fatal
-        message = f"MLflow logging failed ({type(exc).__name__}: {exc}); run `bikebench sync` later"
-        log(message)
-        return message
+        message = f"MLflow logging failed ({type(exc).__name__}: {one_line(exc)}); run `bikebench sync` later"
+    log(message)
+    return message
+
+
+#: Seconds a driver waits for a run directory's lock before it says that it is waiting.
+LOCK_NOTICE_S = 2.0
+
+
+@contextlib.contextmanager
+def locked_runs(plan: Plan, log: Callable[[str], None]) -> Iterator[None]:
+    """Hold the lock of every planned run directory, taken in run-id order (no two drivers can each
+    hold a lock the other waits for); a driver that has to wait says so once per run."""
+    with contextlib.ExitStack() as stack:
+        for run in sorted(plan.runs, key=lambda r: r.run_id):
+            rd = RunDir(run.run_dir)
+            notice = threading.Timer(LOCK_NOTICE_S, log, (f"[{rd.run_id}] another bikebench driver is running it; waiting",))
+            notice.daemon = True
+            notice.start()
+            try:
+                stack.enter_context(rd.lock())
+            finally:
+                notice.cancel()
+        yield
 
 
 def plan_record(run: Any, action: Optional[str] = None) -> dict[str, Any]:
@@ -125,6 +161,32 @@ def plan_record(run: Any, action: Optional[str] = None) -> dict[str, Any]:
         "resources": run.resources.model_dump(mode="json", exclude_none=True),
         "config": run.config.resolved(),
     }
+
+
+def not_run_records(plan: Plan, world: Optional[WorldProvider] = None) -> list[dict[str, Any]]:
+    """One ``--dry-run --json`` record per variant that does not run at this scale (``kind: not_run``,
+    ``run_id`` null, its cells, the reason — the variant's ``not_run_note`` — and its resolved config,
+    e.g. the zoo's row recomputed from released score files); paper-only cells and variants whose
+    config does not resolve at this scale are left out."""
+    from harness.spec.resolve import resolve_config
+
+    specs = {s.name: s for s in plan.specs}
+    grouped: dict[tuple[str, str], dict[str, Any]] = {}
+    for nr in plan.not_run:
+        if nr.variant is None or nr.spec not in specs:
+            continue
+        if (nr.spec, nr.variant) not in grouped:
+            try:
+                config = resolve_config(specs[nr.spec], nr.variant, plan.scale, world=world).resolved()
+            except Exception:  # noqa: BLE001 - a variant that cannot resolve here is simply not listed
+                grouped[(nr.spec, nr.variant)] = {}
+                continue
+            grouped[(nr.spec, nr.variant)] = {
+                "run_id": None, "spec": nr.spec, "variant": nr.variant, "kind": "not_run", "scale": plan.scale,
+                "action": "not-run", "dependencies": [], "cells": [], "reason": nr.reason, "config": config}
+        if grouped[(nr.spec, nr.variant)]:
+            grouped[(nr.spec, nr.variant)]["cells"].append({"table": nr.table, "row": nr.row, "column": nr.column})
+    return [r for r in grouped.values() if r]
 
 
 def run_specs(
@@ -156,7 +218,9 @@ def run_specs(
     plan = expand(list(specs), scale, results, world=world, only=only)
     runner = Runner(results, cluster, job_targets=job_targets, resources=resources, parallelism=parallelism,
                     poll_s=poll_s, log=log)
-    outcomes = runner.execute(plan, dry_run=dry_run)
+    runner.preflight(plan, dry_run=dry_run)  # bad inputs refused before any run directory is locked or made
+    with contextlib.nullcontext() if dry_run else locked_runs(plan, log):
+        outcomes = runner.execute(plan, dry_run=dry_run)
     if dry_run and show in ("json", "yaml"):
         import json
         import sys
@@ -169,6 +233,9 @@ def run_specs(
                 sys.stdout.write(json.dumps(record, sort_keys=False) + "\n")
             else:
                 sys.stdout.write("---\n" + yaml.safe_dump(record, sort_keys=False))
+        for record in not_run_records(plan, world):  # variants that do not run here, with the reason (e.g. the zoo's score row)
+            sys.stdout.write(json.dumps(record, sort_keys=False) + "\n" if show == "json"
+                             else "---\n" + yaml.safe_dump(record, sort_keys=False))
         sys.stdout.flush()
         return DriveResult(plan, outcomes)
     if dry_run:

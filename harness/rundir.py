@@ -7,6 +7,7 @@
   state.json        job-side lifecycle: running / requeued / done / failed (the job writes it)
   submissions.json  every submission: cluster, job id, submitit folder, time (the driver writes it)
   log.txt, metrics.jsonl, checkpoints/, cache/, result.json   (the engine writes them)
+  .driver.lock      held by the driver that submits the run and waits for it (:meth:`RunDir.lock`)
 ```
 
 Two writers never share a file: the driver owns ``config.yaml``/``meta.json``/``submissions.json``
@@ -28,8 +29,10 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from bike import rundir as layout
-from bike.rundir import atomic_write_text, read_json  # noqa: F401 - re-exported for the harness
+from bike.rundir import atomic_write_text, file_lock, read_json  # noqa: F401 - re-exported for the harness
 
+#: The driver's lock file in a run directory (:meth:`RunDir.lock`).
+LOCK_FILE = ".driver.lock"
 RUN_STATES = ("pending", "queued", "running", "requeued", "done", "failed", "cancelled")
 TERMINAL_STATES = ("done", "failed", "cancelled")
 ACTIVE_STATES = ("queued", "running", "requeued")
@@ -105,6 +108,11 @@ class RunDir:
 
     def exists(self) -> bool:
         return self.config_path.exists()
+
+    def lock(self):
+        """The run's driver lock (``.driver.lock``; :func:`bike.rundir.file_lock`): a driver holds it from
+        before it decides to submit the run until the job has ended, so two drivers never submit it twice."""
+        return file_lock(self.path / LOCK_FILE)
 
     # ------------------------------------------------------------------ driver side
     def prepare(self, config_yaml: str, meta: dict[str, Any]) -> None:

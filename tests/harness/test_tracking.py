@@ -133,3 +133,92 @@ def test_experiments_get_absolute_artifact_locations(store, tmp_path):
     tracker = Tracker(tmp_path, store[1])
     exp = tracker.client.get_experiment(tracker.experiment_id("exp_artifacts"))
     assert exp.artifact_location == (tmp_path.resolve() / "mlartifacts" / "exp_artifacts").as_uri()
+
+
+# ------------------------------------------------------------------------------------ faults
+def run_sync(results: Path, uri: str, capsys) -> tuple[int, str, str]:
+    from harness.cli import main
+
+    capsys.readouterr()
+    rc = main(["sync", "--results", str(results), "--tracking-uri", uri])
+    out, err = capsys.readouterr()
+    return rc, out, "".join(line for line in err.splitlines(True) if " INFO mlflow." not in line)  # MLflow's own
+
+
+def test_a_run_mlflow_rejects_is_reported_and_the_others_are_logged(tmp_path, capsys):
+    results = tmp_path / "results"
+    uri = default_tracking_uri(results)
+    good = [make_run(results, "exp_good", f"v{i}", frames=i + 1) for i in range(2)]
+    finish(good[0], video_top1=30.0)
+    bad = make_run(results, "s" * 5000, "bike", frames=7)  # MLflow takes experiment names up to 500 characters
+    rc, out, err = run_sync(results, uri, capsys)
+    assert rc == 1
+    assert "Traceback" not in out + err
+    errors = err.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith(f"error: MLflow did not take run {bad.run_id} (ssss")
+    assert len(errors[0]) < 400 and "maximum length of 500" in errors[0]
+    assert "2 created" in out and "1 failed" in out
+    tracker = Tracker(results, uri)
+    for rd in good:
+        assert len(children(tracker, "exp_good", rd.run_id)) == 1
+    assert tracker.client.get_experiment_by_name("s" * 5000) is None
+
+
+def test_an_unreachable_tracking_server_fails_fast_with_one_line(tmp_path, capsys):
+    import socket
+    import time
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    results = tmp_path / "results"
+    make_run(results, "exp_down", "v")
+    uri = f"http://127.0.0.1:{port}"
+    start = time.monotonic()
+    rc, out, err = run_sync(results, uri, capsys)
+    assert time.monotonic() - start < 30  # a hang guard: MLflow's own retries would take minutes
+    assert rc == 1 and out == "" and "Traceback" not in err
+    assert err.strip().splitlines() == [
+        f"error: MLflow tracking server {uri} is unreachable (Connection refused); "
+        "the run directories are kept, run `bikebench sync` again later"]
+
+
+@pytest.mark.slow  # two of MLflow's 20 s SQLite busy waits
+def test_a_locked_sqlite_store_is_retried_then_reported(tmp_path, capsys, monkeypatch):
+    import sqlite3
+    import threading
+
+    results = tmp_path / "results"
+    uri = default_tracking_uri(results)
+    first = make_run(results, "exp_locked", "a")
+    assert sync(results, uri).created == [first.run_id]  # the store exists
+    second = make_run(results, "exp_locked", "b", frames=3)
+    holder = sqlite3.connect(results / "mlflow.db", isolation_level=None, check_same_thread=False)
+    try:
+        # another program keeps the file locked past MLflow's 20 s busy wait and our retries: reported
+        monkeypatch.setenv("BIKEBENCH_MLFLOW_LOCK_RETRIES", "0")
+        holder.execute("BEGIN EXCLUSIVE")
+        rc, out, err = run_sync(results, uri, capsys)
+        assert rc == 1 and out == "" and "Traceback" not in err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: MLflow store {uri} is locked by another program")
+        holder.execute("ROLLBACK")
+        # ... and released while sync waits: the retry logs the run
+        monkeypatch.delenv("BIKEBENCH_MLFLOW_LOCK_RETRIES")
+        released = threading.Event()
+
+        def release():
+            holder.execute("ROLLBACK")
+            released.set()
+
+        timer = threading.Timer(21.0, release)  # after MLflow's first 20 s busy wait has given up
+        holder.execute("BEGIN EXCLUSIVE")
+        timer.start()
+        rc, out, err = run_sync(results, uri, capsys)
+        timer.join()
+        assert released.is_set()
+        assert rc == 0 and "Traceback" not in out + err, err
+        assert "1 created" in out
+    finally:
+        holder.close()
+    assert len(children(Tracker(results, uri), "exp_locked", second.run_id)) == 1

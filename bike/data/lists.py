@@ -513,3 +513,41 @@ def format_label(label: Label) -> str:
             raise ValueError("an empty multi-label tuple cannot be written to a list (no class index)")
         return ",".join(str(v) for v in label)
     return str(int(label))
+
+
+# --------------------------------------------------------------------------- exclusion lists
+def read_exclude_list(path: PathLike) -> set[str]:
+    """Entries of an exclusion list (``data.exclude_list``): the first field of each line that is neither
+    blank nor a ``#`` comment; the rest of a line (``# reason``) is ignored. ``bikebench data check
+    --write-exclude`` writes these files."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ListFormatError(f"{path}: exclusion list not found (data.exclude_list); expected a file of list entries") from None
+    except UnicodeDecodeError as exc:
+        raise ListFormatError(f"{path}: data.exclude_list is not a UTF-8 text file ({exc.reason})") from None
+    out: set[str] = set()
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            out.add(stripped.split()[0])
+    return out
+
+
+def apply_exclude_list(records: Sequence[VideoRecord], data_cfg) -> tuple[list[VideoRecord], list[VideoRecord]]:
+    """(kept, excluded) records under ``data_cfg.exclude_list`` (None: all kept).
+
+    An entry matches a record's list entry (``video_id``; a trimmed instance by the path before its
+    ``#t=`` fragment, so one entry drops every instance of a bad video) or, when absolute, its path.
+    """
+    path = getattr(data_cfg, "exclude_list", None)
+    if not path:
+        return list(records), []
+    entries = read_exclude_list(path)
+    absolute = {os.path.abspath(e) for e in entries if os.path.isabs(e)}
+    kept: list[VideoRecord] = []
+    excluded: list[VideoRecord] = []
+    for r in records:
+        hit = r.video_id in entries or r.video_id.split("#t=")[0] in entries or r.path in absolute
+        (excluded if hit else kept).append(r)
+    return kept, excluded

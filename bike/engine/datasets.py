@@ -10,6 +10,7 @@ them to the full list's length (the official iterations per epoch) and writes th
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -17,25 +18,41 @@ import torch
 
 from bike.config import RunConfig
 from bike.data.dataset import VideoDataset
-from bike.data.lists import VideoRecord, read_classes, read_dataset
+from bike.data.lists import VideoRecord, apply_exclude_list, read_classes, read_dataset
 from bike.data.loader import VideoLoader, collate_videos, make_loader
 from bike.engine.sampler import TrainSampler
 
 #: Seed of the tuning hold-out draw (independent of the run seed).
 HOLDOUT_SEED = 0
 FEW_SHOT_LIST = "few_shot_list.txt"
+_log = logging.getLogger(__name__)
 
 
 def class_names(config: RunConfig) -> list[str]:
     return read_classes(config.data)
 
 
-def split_records(config: RunConfig, split: str) -> tuple[list[VideoRecord], list[str]]:
-    """Records and class names of ``split`` (``train``, ``tune``, ``val`` or ``test``)."""
+def _read_split(config: RunConfig, split: str, log: Optional[logging.Logger] = None) -> tuple[list[VideoRecord], list[str]]:
+    """``read_dataset`` minus the entries of ``data.exclude_list``; how many were excluded is logged
+    (to ``log``, else this module's logger)."""
+    records, names = read_dataset(config.data, split)
+    if not config.data.exclude_list:
+        return records, names
+    kept, excluded = apply_exclude_list(records, config.data)
+    (log or _log).warning("data.exclude_list %s: excluded %d of the %d entries of the %s list %s",
+                 config.data.exclude_list, len(excluded), len(records), split, getattr(config.data, f"{split}_list"))
+    if not kept:
+        raise ValueError(f"data.exclude_list {config.data.exclude_list} excludes every entry of the {split} list")
+    return kept, names
+
+
+def split_records(config: RunConfig, split: str, log: Optional[logging.Logger] = None) -> tuple[list[VideoRecord], list[str]]:
+    """Records and class names of ``split`` (``train``, ``tune``, ``val`` or ``test``), minus ``data.exclude_list``
+    (``log``: where the number excluded is logged)."""
     from bike.protocols import holdout_split
 
     if split in ("train", "tune"):
-        records, names = read_dataset(config.data, "train")
+        records, names = _read_split(config, "train", log)
         share = config.data.tuning_holdout
         if share > 0:
             kept, held = holdout_split(records, share, HOLDOUT_SEED)
@@ -47,14 +64,16 @@ def split_records(config: RunConfig, split: str) -> tuple[list[VideoRecord], lis
         return records, names
     if split not in ("val", "test"):
         raise ValueError(f"unknown split {split!r}; expected train, tune, val or test")
-    return read_dataset(config.data, split)
+    return _read_split(config, split, log)
 
 
 def training_records(config: RunConfig, run_dir: Optional[Path] = None, write_choice: bool = True) -> tuple[list[VideoRecord], list[str]]:
     """The training records of a run: the ``train`` split, or its few-shot selection repeated."""
     from bike.protocols import few_shot_select, repeat_to_length, write_video_list
 
-    records, names = split_records(config, "train")
+    # the number excluded goes to the run's own log.txt (RunLogger's logger is "bike.<run dir name>")
+    log = logging.getLogger(f"bike.{Path(run_dir).name}") if run_dir is not None else None
+    records, names = split_records(config, "train", log)
     k = config.train.few_shot
     if k is None:
         return records, names

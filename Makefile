@@ -10,7 +10,7 @@ TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 export HF_HUB_OFFLINE ?= 1
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: setup test bench table6 check bless tune world mlflow-ui slurm-up slurm-down clean-results
+.PHONY: setup test bench table6 paper check bless tune world mlflow-ui slurm-up slurm-down clean-results
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,10 @@ world: setup
 # LAMBDA_FROM=<study name | study dir | best.json>: the fused cells also at the study's λ (from cached scores)
 table6: setup
 	$(BIN)/bikebench table6 --scale $(SCALE) --executor $(EXECUTOR) --parallelism $(PARALLELISM) $(if $(LAMBDA_FROM),--lambda-from $(LAMBDA_FROM))
+
+# every table of the paper (1-6, A.3, the text's numbers, the zoo): results/paper.md, results/paper.html
+paper: setup
+	$(BIN)/bikebench paper --scale $(SCALE) --executor $(EXECUTOR) --parallelism $(PARALLELISM)
 
 check: setup
 	$(BIN)/bikebench check
@@ -67,4 +71,5 @@ slurm-down:
 # everything the commands wrote under results/ except the world (minutes to rebuild) and the committed files
 clean-results:
 	rm -rf results/runs results/cache results/studies results/submitit results/mlflow.db results/mlartifacts \
-		results/mlruns results/table6.md results/table6_*.json results/seeds
+		results/mlruns results/table6.md results/table6_*.json results/seeds \
+		results/table*.md results/table*.tex results/table*.html results/table*_results*.json results/table*_missing.json results/paper.md results/paper.html results/paper_results.json

@@ -111,6 +111,9 @@ class DataConfig(_Strict):
     expected_lines: dict[Literal["train", "val", "test", "classes"], int] = Field(default_factory=dict, description=(
         "Entry lines (header rows aside) each list must have, keyed train / val / test (classes: the number of "
         "classes); reading a list of another length is an error. The shipped specs give the released files' counts."))
+    exclude_list: Optional[str] = Field(None, description=(
+        "File of list entries to leave out of every split (one per line, `#` comments; `bikebench data check "
+        "--write-exclude` writes it). The run logs how many it excluded; null: nothing is excluded."))
     tuning_holdout: float = Field(0.0, ge=0.0, lt=1.0, description=(
         "Share of the training list held out for tuning (the `tune` split). 0: train on the whole list, as the "
         "paper and the released code do; set it only on a run that is tuned on (the smoke scale sets 0.1)."))
@@ -268,6 +271,15 @@ class NumericsConfig(_Strict):
         False, description="Pinned CPU kernels and one thread: the same bytes on every x86-64 CPU with AVX2 (smoke scale).")
 
 
+def _without_nulls(value: Any) -> Any:
+    """``value`` with every ``None`` entry of every mapping removed (lists keep their items)."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
 class RunConfig(_Strict):
     """One run: a stage of training and/or an evaluation. Its content hash is its identity."""
 
@@ -352,8 +364,10 @@ class RunConfig(_Strict):
         return math.log(1.0 / self.loss.tau)
 
     def content_hash(self, length: int = 12) -> str:
-        """Hash of the resolved content (sorted JSON). The run's identity; `name` is excluded."""
-        payload = self.model_dump(mode="json", exclude={"name"})
+        """Hash of the resolved content (sorted JSON). The run's identity; `name` is excluded, and so is
+        every field that is null (unset optional fields), so that adding an optional field to the schema
+        leaves the identity of existing runs unchanged."""
+        payload = _without_nulls(self.model_dump(mode="json", exclude={"name"}))
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:length]
 

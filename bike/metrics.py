@@ -227,6 +227,27 @@ def mean_average_precision(scores: ArrayLike, targets: ArrayLike) -> Metric:
     return Metric(100.0 * float(ap[ok].mean()), n_ok, s.shape[1] - n_ok)
 
 
+def single_label_map(probs: ArrayLike, labels: ArrayLike) -> Metric:
+    """The mAP the released code reports for ActivityNet (``utils.mean_average_precision``), percent:
+    torchnet's ``mAPMeter`` over ``softmax(probs)`` (a softmax over the classes of the per-video
+    probabilities it is given) against one-hot targets of ``labels`` ``[N]``; every class counts, a class
+    without videos as AP 0. Counts are videos (unlabelled rows, label < 0, are left out)."""
+    p = _check_scores(to_numpy(probs).astype(np.float64, copy=True))
+    y = to_numpy(labels).astype(np.int64)
+    if y.ndim != 1 or y.shape[0] != p.shape[0]:
+        raise ValueError(f"labels must be [N] with N={p.shape[0]}, got shape {y.shape}")
+    keep = y >= 0
+    p, y = p[keep], y[keep]
+    if len(y) == 0:
+        return Metric(math.nan, 0, int((~keep).sum()))
+    if (y >= p.shape[1]).any():
+        raise ValueError(f"label {int(y.max())} out of range for {p.shape[1]} classes")
+    p[~np.isfinite(p)] = -np.inf
+    targets = np.zeros_like(p, dtype=np.int64)
+    targets[np.arange(len(y)), y] = 1
+    return Metric(100.0 * _torchnet_map(softmax(p), targets), len(y), int((~keep).sum()))
+
+
 def _torchnet_map(scores: np.ndarray, targets: np.ndarray) -> float:
     """torchnet's ``mAPMeter`` value (fraction): per-class AP = Σ precision at each positive / max(#pos, 1),
     every class included (a class without positives contributes 0); ranks by a stable descending sort."""

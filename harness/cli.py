@@ -7,6 +7,9 @@
     bikebench world build [--size default|test] [--root DIR] [--seed N]
     bikebench check [...]            (harness.check; options: add_check_arguments)
     bikebench tune SWEEP [key=value ...] [--workers N] [--executor local|slurm|debug] [resources]   (harness.tuning)
+    bikebench import official CKPT --out DIR | official-scores DIR --out DIR   (harness.importer)
+    bikebench data check [SPEC --scale S | --format F --root DIR --list [SPLIT=]FILE --class-file F] [--decode all|sample N|none] ...
+    bikebench data prepare SRC DST [--short-side 320] [--keyint 16] [--tasks N --executor local|slurm|debug]
     bikebench mlflow-uri
 
 Every command takes ``--results DIR`` (default ./results, made absolute) and ``--tracking-uri URI``
@@ -26,18 +29,83 @@ from bike.config import ConfigError
 
 SCALE_CHOICES = ("smoke", "full")
 EXECUTOR_CHOICES = ("local", "slurm", "debug")
+#: Longest error message printed (a huge value in a spec never floods the terminal).
+MAX_MESSAGE_CHARS = 8000
+
+
+# ---------------------------------------------------------------------------------- option types
+# argparse calls these on the option's text; a refusal names the option, the value and what is allowed.
+def _number(kind: type, minimum: float, what: str):
+    def parse(text: str):
+        import math
+
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            value = None
+        if value is None or (kind is float and not math.isfinite(value)) or value < minimum:
+            raise argparse.ArgumentTypeError(f"got {text[:80]!r}; expected {what}")
+        return value
+
+    parse.__name__ = what  # argparse's fallback message names the type
+    return parse
+
+
+_positive_int = _number(int, 1, "an integer >= 1")
+_count = _number(int, 0, "an integer >= 0")
+_positive_float = _number(float, 1e-9, "a finite number > 0")
+
+
+def _text(text: str) -> str:
+    """A value that reaches an sbatch script or a shell line: printable, no control characters."""
+    from harness.spec.models import text_problem
+
+    why = text_problem(text)
+    if why:
+        raise argparse.ArgumentTypeError(f"got {text[:80]!r}; {why}")
+    return text
+
+
+def _slurm_time(text: str) -> str:
+    from harness.spec.models import parse_slurm_time
+
+    try:
+        parse_slurm_time(_text(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _sbatch_item(text: str) -> str:
+    key, sep, _ = _text(text).partition("=")
+    if not sep or not key.lstrip("-"):
+        raise argparse.ArgumentTypeError(f"got {text[:80]!r}; expected KEY=VALUE, e.g. --sbatch reservation=gpu")
+    return text
+
+
+def _directory(text: str) -> str:
+    """A directory option: an existing directory, or a path that can become one (not a file)."""
+    path = Path(_text(text)).expanduser()
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                what = "it" if parent == path else f"{parent}"
+                raise argparse.ArgumentTypeError(f"got {text[:200]!r}; {what} is a file; expected a directory "
+                                                 "(or a path where one can be made)")
+            break
+    return text
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results", default="results", help="results directory (default: ./results)")
+    parser.add_argument("--results", default="results", type=_directory, help="results directory (default: ./results)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///<results>/mlflow.db)")
 
 
 def _world_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--world-root", default=None, help="embedded world (default: $BIKE_WORLD or <results>/world)")
+    parser.add_argument("--world-root", default=None, type=_directory, help="embedded world (default: $BIKE_WORLD or <results>/world)")
     parser.add_argument("--world-size", default=None, choices=("default", "test"),
                         help="default: the size of the world at --world-root, else 'default'")
-    parser.add_argument("--world-seed", type=int, default=None,
+    parser.add_argument("--world-seed", type=_count, default=None,
                         help="default: the seed of the world at --world-root, else 0 (a world of another seed there is "
                              "refused, never replaced)")
 
@@ -51,31 +119,32 @@ def _submit_options(parser: argparse.ArgumentParser) -> None:
                              "cells, resources, the complete resolved config) on stdout")
     parser.add_argument("--show-config", action="store_true",
                         help="with --dry-run: the same records as YAML, for people")
-    parser.add_argument("--parallelism", type=int, default=1, help="local/debug: jobs at a time (default 1)")
+    parser.add_argument("--parallelism", type=_positive_int, default=1, help="local/debug: jobs at a time (default 1)")
     parser.add_argument("--no-track", action="store_true", help="do not log to MLflow (run `bikebench sync` later)")
-    parser.add_argument("--poll", type=float, default=2.0, help="seconds between job polls")
+    parser.add_argument("--poll", type=_positive_float, default=2.0, help="seconds between job polls")
     res = parser.add_argument_group("resources (override the spec)")
-    res.add_argument("--timeout-min", type=float, default=None)
-    res.add_argument("--max-num-timeout", type=int, default=None)
-    res.add_argument("--signal-delay-s", type=int, default=None)
+    res.add_argument("--timeout-min", type=_positive_float, default=None)
+    res.add_argument("--max-num-timeout", type=_count, default=None)
+    res.add_argument("--signal-delay-s", type=_positive_int, default=None)
     _slurm_options(res, gpus=True)
 
 
 def _slurm_options(res: argparse._ArgumentGroup, gpus: bool, array_help: Optional[str] = None) -> None:
     """The SLURM resource flags (``gpus``: also --gpus-per-node, --nodes, --tasks-per-node)."""
-    res.add_argument("--partition")
+    res.add_argument("--partition", type=_text)
     if gpus:
-        res.add_argument("--gpus-per-node", type=int)
-        res.add_argument("--nodes", type=int)
-        res.add_argument("--tasks-per-node", type=int)
-    res.add_argument("--cpus-per-task", type=int)
-    res.add_argument("--mem")
-    res.add_argument("--time", help="SLURM time limit: minutes or [D-]HH:MM:SS")
-    res.add_argument("--account")
-    res.add_argument("--qos")
-    res.add_argument("--constraint")
-    res.add_argument("--array-parallelism", type=int, help=array_help)
-    res.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE", help="extra sbatch option (repeatable)")
+        res.add_argument("--gpus-per-node", type=_count)
+        res.add_argument("--nodes", type=_positive_int)
+        res.add_argument("--tasks-per-node", type=_positive_int)
+    res.add_argument("--cpus-per-task", type=_positive_int)
+    res.add_argument("--mem", type=_text)
+    res.add_argument("--time", type=_slurm_time, help="SLURM time limit: minutes or [D-]HH:MM:SS")
+    res.add_argument("--account", type=_text)
+    res.add_argument("--qos", type=_text)
+    res.add_argument("--constraint", type=_text)
+    res.add_argument("--array-parallelism", type=_positive_int, help=array_help)
+    res.add_argument("--sbatch", action="append", default=[], type=_sbatch_item, metavar="KEY=VALUE",
+                     help="extra sbatch option (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "under <results>/studies (recomputed from the runs' cached scores; nothing re-runs)")
     _common(p), _world_options(p), _submit_options(p)
 
+    p = sub.add_parser("table", help="run one table of the paper (1-6, A3, text, zoo) and compare it with the paper")
+    p.add_argument("table_id", metavar="ID", help="1, 2, 3, 4, 5, 6, A3, text or zoo (6 is `bikebench table6`)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    _common(p), _world_options(p), _submit_options(p)
+
+    p = sub.add_parser("paper", help="run every table of the paper; results/paper.md and paper.html")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--table", action="append", default=None, metavar="ID", help="only this table (repeatable)")
+    _common(p), _world_options(p), _submit_options(p)
+
     p = sub.add_parser("status", help="state of every run (from the run directories)")
     p.add_argument("spec", nargs="?", default=None)
     p.add_argument("overrides", nargs="*", metavar="key=value")
@@ -108,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     wsub = p.add_subparsers(dest="world_command", required=True)
     wb = wsub.add_parser("build", help="build (or reuse) the world and its tiny CLIP")
     wb.add_argument("--size", default="default", choices=("default", "test"))
-    wb.add_argument("--root", default=None, help="default: $BIKE_WORLD or <results>/world")
-    wb.add_argument("--seed", type=int, default=0)
+    wb.add_argument("--root", default=None, type=_directory, help="default: $BIKE_WORLD or <results>/world")
+    wb.add_argument("--seed", type=_count, default=0)
     wb.add_argument("--force", action="store_true", help="rebuild, replacing whatever world is at --root")
     _common(wb)
 
@@ -121,17 +200,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///<results>/mlflow.db)")
-    p.add_argument("--results", default="results", help="results directory of the default tracking URI")
+    p.add_argument("--results", default="results", type=_directory, help="results directory of the default tracking URI")
     p.add_argument("--no-track", action="store_true", help="do not log the study to MLflow")
     p.add_argument("--workers", type=int, default=None,
                    help="workers sharing the study, submitted as ONE job array (default: the sweep's `workers`)")
     p.add_argument("--executor", choices=EXECUTOR_CHOICES, default=None,
                    help="where the workers run (default: the sweep's `executor`, else local); "
                         "one worker runs in this process unless slurm")
-    p.add_argument("--poll", type=float, default=1.0, help="seconds between polls of the worker array")
+    p.add_argument("--poll", type=_positive_float, default=1.0, help="seconds between polls of the worker array")
     res = p.add_argument_group("worker resources (override the sweep's `resources`)")
-    res.add_argument("--timeout-min", type=float, default=None, help="wall-clock limit of each worker task")
+    res.add_argument("--timeout-min", type=_positive_float, default=None, help="wall-clock limit of each worker task")
     _slurm_options(res, gpus=False, array_help="how many worker tasks may run at once")
+
+    p = sub.add_parser("import", help="the authors' released artefacts as run directories (harness.importer)")
+    isub = p.add_subparsers(dest="import_command", required=True)
+    ip = isub.add_parser("official", help="a released checkpoint (.pt) -> a run directory (init_from / evaluate)")
+    ip.add_argument("checkpoint")
+    ip.add_argument("--out", required=True, help="run directory to write")
+    ip.add_argument("--interaction", default="vcs", choices=("vcs", "mean"), help="the released config's (VCS for every zoo model)")
+    ip.add_argument("--frames", type=int, default=8, help="frames the model was trained with (not stored in the file)")
+    ip.add_argument("--force", action="store_true", help="replace an earlier import in --out")
+    ip = isub.add_parser("official-scores", help="the released score files (video_sentence_fusion) -> a run's score cache")
+    ip.add_argument("source", help="folder with k400_{video,sentence}_{sims,labels}.pt, or video_sentence_fusion.zip")
+    ip.add_argument("--out", required=True, help="run directory to write")
+    ip.add_argument("--class-file", default=None, help="CSV id,name in label order (default: the K400 classes)")
+    ip.add_argument("--force", action="store_true", help="replace an earlier import in --out")
+
+    p = sub.add_parser("data", help="check a dataset's lists and files; re-encode videos (harness.datacheck, harness.dataprepare)")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    dc = dsub.add_parser("check", help="parse the lists, check every video / frame directory (exit 1: bad files found)")
+    dc.add_argument("spec", nargs="?", default=None, help="experiment spec whose runs' data to check")
+    dc.add_argument("overrides", nargs="*", metavar="key=value")
+    dc.add_argument("--scale", choices=SCALE_CHOICES, default="full")
+    dc.add_argument("--format", default=None, choices=("video_list", "frame_dir", "charades", "activitynet"),
+                    help="without SPEC: the list format")
+    dc.add_argument("--root", default="", help="without SPEC: directory the list entries are relative to")
+    dc.add_argument("--list", action="append", default=[], metavar="[SPLIT=]FILE", help="without SPEC: a list (repeatable; default split val)")
+    dc.add_argument("--class-file", default="", help="without SPEC: the class file")
+    dc.add_argument("--frame-template", default=None, help="without SPEC: frame-directory image names (default img_{:05d}.jpg)")
+    dc.add_argument("--decode", nargs="+", default=["none"], metavar="LEVEL",
+                    help="all | sample N | none (default: none, headers and frame counts only)")
+    dc.add_argument("--tasks", type=_positive_int, default=None, help="parallel tasks of the job array (default: CPUs here, local)")
+    dc.add_argument("--executor", choices=EXECUTOR_CHOICES, default="local")
+    dc.add_argument("--cache", default=None, help="results cache (default: <results>/cache/datacheck.json)")
+    dc.add_argument("--recheck", action="store_true", help="ignore the cache: check every file again")
+    dc.add_argument("--json", action="store_true", help="the report as one JSON object on stdout")
+    dc.add_argument("--write-exclude", default=None, metavar="FILE", help="write the bad entries as an exclusion list (data.exclude_list)")
+    dc.add_argument("--poll", type=_positive_float, default=0.5, help="seconds between polls of the tasks")
+    res = dc.add_argument_group("task resources")
+    res.add_argument("--timeout-min", type=_positive_float, default=None)
+    _slurm_options(res, gpus=False, array_help="how many tasks may run at once")
+    _common(dc), _world_options(dc)
+    dp = dsub.add_parser("prepare", help="re-encode a folder of videos (short side, keyframe interval); resumable")
+    dp.add_argument("src", help="folder of source videos (never modified)")
+    dp.add_argument("dst", help="output folder (same relative paths, .mp4)")
+    dp.add_argument("--short-side", type=_positive_int, default=320, help="short side in pixels (default 320: se320)")
+    dp.add_argument("--keyint", type=_positive_int, default=16, help="a keyframe every N frames (default 16)")
+    dp.add_argument("--crf", type=_count, default=23)
+    dp.add_argument("--preset", default="veryfast", type=_text)
+    dp.add_argument("--tasks", type=_positive_int, default=None, help="parallel tasks of the job array (default: CPUs here, local)")
+    dp.add_argument("--executor", choices=EXECUTOR_CHOICES, default="local")
+    dp.add_argument("--poll", type=_positive_float, default=0.5)
+    res = dp.add_argument_group("task resources")
+    res.add_argument("--timeout-min", type=_positive_float, default=None)
+    _slurm_options(res, gpus=False, array_help="how many tasks may run at once")
 
     p = sub.add_parser("mlflow-uri", help="print the tracking URI in use")
     _common(p)
@@ -140,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _resources(args: argparse.Namespace):
     """Command-line resource overrides as a ResourceSpec (None when nothing was given)."""
-    from harness.spec import ResourceSpec, SlurmSpec
+    from harness.spec import ResourceSpec
 
     slurm: dict[str, Any] = {}
     for name in ("partition", "gpus_per_node", "nodes", "tasks_per_node", "cpus_per_task", "mem", "time",
@@ -159,7 +291,14 @@ def _resources(args: argparse.Namespace):
     top = {k: getattr(args, k) for k in ("timeout_min", "max_num_timeout", "signal_delay_s") if getattr(args, k, None) is not None}
     if not slurm and not top:
         return None
-    return ResourceSpec(**top, **({"slurm": SlurmSpec(**slurm)} if slurm else {}))
+    from pydantic import ValidationError
+
+    from bike.config import format_validation_error
+
+    try:
+        return ResourceSpec.model_validate({**top, **({"slurm": slurm} if slurm else {})})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error("command line (resource options)", exc)) from None
 
 
 def _world(args: argparse.Namespace, results: Path, build: bool = True, quiet: bool = False):
@@ -215,6 +354,24 @@ def cmd_table6(args: argparse.Namespace) -> int:
         study = load_study_lambda(args.lambda_from, results)
     kwargs = _drive_kwargs(args, results)
     drive = run_table6(spec_path=args.spec or TABLE6_SPEC, overrides=args.overrides, lambda_from=study, **kwargs)
+    return 0 if drive.ok else 1
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from harness.paper_tables import paper_table, run_table
+
+    table = paper_table(args.table_id)  # an unknown id is refused before the world is built
+    results = Path(args.results).resolve()
+    drive = run_table(table.id, overrides=args.overrides, **_drive_kwargs(args, results))
+    return 0 if drive.ok else 1
+
+
+def cmd_paper(args: argparse.Namespace) -> int:
+    from harness.paper_tables import paper_table, run_paper
+
+    tables = [paper_table(t).id for t in args.table] if args.table else None
+    results = Path(args.results).resolve()
+    drive = run_paper(tables=tables, overrides=args.overrides, **_drive_kwargs(args, results))
     return 0 if drive.ok else 1
 
 
@@ -301,12 +458,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from harness.tracking import resolve_tracking_uri, sync
+    from harness.tracking import TrackingError, resolve_tracking_uri, sync
 
     results = Path(args.results).resolve()
-    report = sync(results, args.tracking_uri)
+    try:
+        report = sync(results, args.tracking_uri)
+    except TrackingError as exc:  # the store cannot be used at all: one line, nothing is lost
+        print(f"error: {exc}; the run directories are kept, run `bikebench sync` again later", file=sys.stderr)
+        return 1
     print(f"MLflow ({resolve_tracking_uri(args.tracking_uri, results)}): {report}")
-    return 0
+    for line in report.failed:
+        print(f"error: MLflow did not take run {line}", file=sys.stderr)
+    return 1 if report.failed else 0
 
 
 def cmd_world(args: argparse.Namespace) -> int:
@@ -383,6 +546,69 @@ def cmd_tune(args: argparse.Namespace) -> int:
                      resources=_resources(args), poll_s=args.poll)
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    """``bikebench import official CKPT --out DIR`` / ``bikebench import official-scores DIR --out DIR``."""
+    from harness.importer import import_official, import_official_scores
+
+    if args.import_command == "official":
+        out = import_official(args.checkpoint, args.out, interaction=args.interaction, frames=args.frames, overwrite=args.force)
+        print(f"imported {args.checkpoint} -> {out} (use it as init_from, or evaluate it)")
+        return 0
+    out = import_official_scores(args.source, args.out, class_file=args.class_file, overwrite=args.force)
+    from bike.rundir import RESULT_FILE, read_json
+
+    m = (read_json(out / RESULT_FILE) or {}).get("metrics", {})
+    print(f"imported {args.source} -> {out}/cache/val: video {m.get('video_top1', float('nan')):.2f}, "
+          f"attributes {m.get('attr_top1', float('nan')):.2f}, fused at λ 0.7 {m.get('fused_top1', float('nan')):.2f} top-1 "
+          f"(README: 81.4; released log: 81.47)")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    """``bikebench data check`` (exit 0 clean, 1 bad files) / ``bikebench data prepare`` (exit 1: some failed)."""
+    tasks = args.tasks or (1 if args.executor == "debug" else max(1, os.cpu_count() or 1))
+    if args.data_command == "prepare":
+        from harness.dataprepare import PrepareSettings, prepare
+
+        settings = PrepareSettings(short_side=args.short_side, keyint=args.keyint, crf=args.crf, preset=args.preset)
+        report = prepare(args.src, args.dst, settings, executor=args.executor, tasks=tasks, resources=_resources(args),
+                         poll_s=args.poll, log=lambda line: print(line, file=sys.stderr, flush=True))
+        print(f"{report.videos} video(s): {report.encoded} re-encoded, {report.skipped} already done, "
+              f"{len(report.failed)} failed ({report.seconds:.1f} s) -> {args.dst}")
+        for rel, why in sorted(report.failed.items()):
+            print(f"  failed {rel}: {why}")
+        return 0 if report.ok else 1
+    import json
+
+    from harness import datacheck as dc
+
+    level = dc.parse_decode(args.decode)
+    results = Path(args.results).resolve()
+    if args.spec:
+        if args.format or args.list or args.class_file:
+            raise ConfigError("command line: give a SPEC or --format/--root/--list/--class-file, not both")
+        world = _world(args, results, build=False, quiet=True) if args.scale == "smoke" else None
+        needs = dc.needs_of_spec(args.spec, args.scale, args.overrides, results, world=world)
+    else:
+        if args.overrides:
+            raise ConfigError(f"command line: key=value overrides {args.overrides} need a SPEC")
+        if not (args.format and args.list and args.class_file):
+            raise ConfigError("command line: no SPEC; expected --format, --list and --class-file (and --root)")
+        needs = dc.needs_of_args(args.format, args.root, args.list, args.class_file, frame_template=args.frame_template)
+    cache = Path(args.cache).resolve() if args.cache else results / "cache" / "datacheck.json"
+    try:
+        report = dc.check(needs, level, cache_file=cache, executor=args.executor, tasks=tasks, resources=_resources(args),
+                          poll_s=args.poll, log=lambda line: print(line, file=sys.stderr, flush=True))
+    except RuntimeError as exc:  # a task of the array failed: what finished is cached
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.write_exclude:
+        n = dc.write_exclude_list(report, Path(args.write_exclude))
+        print(f"wrote {n} entr{'y' if n == 1 else 'ies'} to {args.write_exclude} (name it as data.exclude_list)", file=sys.stderr)
+    print(json.dumps(report.to_json(), indent=1) if args.json else report.table())
+    return 0 if report.ok else 1
+
+
 def cmd_mlflow_uri(args: argparse.Namespace) -> int:
     from harness.tracking import resolve_tracking_uri
 
@@ -391,8 +617,8 @@ def cmd_mlflow_uri(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "run": cmd_run, "table6": cmd_table6, "status": cmd_status, "sync": cmd_sync, "world": cmd_world,
-    "check": cmd_check, "tune": cmd_tune, "mlflow-uri": cmd_mlflow_uri,
+    "run": cmd_run, "table6": cmd_table6, "table": cmd_table, "paper": cmd_paper, "status": cmd_status, "sync": cmd_sync, "world": cmd_world,
+    "check": cmd_check, "tune": cmd_tune, "mlflow-uri": cmd_mlflow_uri, "import": cmd_import, "data": cmd_data,
 }
 
 
@@ -403,7 +629,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
     # key=value overrides may come after options: argparse leaves them over; hand them back
-    target = {"run": "items", "table6": "overrides", "status": "overrides", "tune": "overrides"}.get(args.command)
+    target = {"run": "items", "table6": "overrides", "table": "overrides", "paper": "overrides", "status": "overrides", "tune": "overrides",
+              "data": "overrides" if getattr(args, "data_command", None) == "check" else None}.get(args.command)
     stray = [e for e in extra if e.startswith("-") or "=" not in e or target is None]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
@@ -418,7 +645,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from bike.config import short_text
+
+        print(f"error: {short_text(str(exc), MAX_MESSAGE_CHARS)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished runs are kept; re-run the same command to resume", file=sys.stderr)

@@ -39,6 +39,7 @@ from bike.metrics import (
     charades_running_map,
     mean_average_precision,
     mean_class_accuracy,
+    single_label_map,
     topk_accuracy,
 )
 
@@ -254,6 +255,10 @@ def protocol_metrics(
             head = closed_metrics("", fused, labels)
             metrics["fusion_lambda"] = config.fusion_lambda
         metrics.update(head)
+        if labels.ndim == 1:
+            # ActivityNet's mAP as the released test computes it (bike.metrics.single_label_map)
+            metrics["video_mAP"] = single_label_map(score_transform(vs.scores, "softmax", score_kind=vs.score_kind), labels)
+            metrics["mAP"] = metrics["video_mAP"] if attr is None else single_label_map(fused, labels)
         if labels.ndim == 2:
             probs = score_transform(vs.scores, "softmax", score_kind=vs.score_kind)
             # the released Charades test softmaxes the view-averaged softmax once more, then averages running mAPs

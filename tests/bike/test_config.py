@@ -60,3 +60,19 @@ def test_yaml_round_trip_and_errors_name_file_and_field(tmp_path):
 def test_num_attributes_cannot_exceed_cache():
     with pytest.raises(ValueError, match="max_attributes"):
         RunConfig.model_validate({"attributes": {"num_attributes": 12, "max_attributes": 10}})
+
+
+def test_an_unset_optional_field_does_not_change_the_run_identity():
+    """Adding an optional (null-default) field to the schema keeps existing run ids: nulls are not hashed."""
+    import hashlib
+    import json
+
+    cfg = RunConfig()
+    payload = cfg.model_dump(mode="json", exclude={"name"})
+    payload["data"]["exclude_list"] = None  # as if the field were new
+    payload["data"].pop("train_root")  # or absent
+    def strip(v):
+        return {k: strip(x) for k, x in v.items() if x is not None} if isinstance(v, dict) else v
+    blob = json.dumps(strip(payload), sort_keys=True, separators=(",", ":"))
+    assert cfg.content_hash() == hashlib.sha256(blob.encode()).hexdigest()[:12]
+    assert RunConfig(data={"exclude_list": "x.txt"}).content_hash() != cfg.content_hash()

@@ -224,3 +224,26 @@ def test_charades_running_map_in_the_released_sampler_order(n, world_size, per_g
     assert got.evaluated == n
     with pytest.raises(ValueError, match="not a multiple of world_size"):
         charades_running_map(scores, targets, batch_size=world_size + 1, world_size=world_size)
+
+
+def test_single_label_map_is_the_released_activitynet_formula():
+    """utils.mean_average_precision of the released code, written from its text: gt one-hot, probs =
+    softmax(probs, dim=1), torchnet mAPMeter (AP = Σ precision at each positive / #positives, every class)."""
+    import torch
+
+    from bike.metrics import single_label_map
+
+    g = torch.Generator().manual_seed(3)
+    probs = torch.rand(40, 6, generator=g)
+    labels = torch.randint(0, 5, (40,), generator=g)  # class 5 has no video: AP 0, still averaged
+    sm = torch.softmax(probs, dim=1)
+    aps = []
+    for c in range(6):
+        order = torch.argsort(sm[:, c], descending=True, stable=True)
+        truth = (labels[order] == c).float()
+        tp = torch.cumsum(truth, 0)
+        precision = tp / torch.arange(1, 41)
+        aps.append(float((precision * truth).sum() / max(float(truth.sum()), 1.0)))
+    ref = 100.0 * sum(aps) / 6
+    got = single_label_map(probs.numpy(), labels.numpy())
+    assert float(got) == pytest.approx(ref, abs=1e-5) and got.counts["evaluated"] == 40  # reference in float32

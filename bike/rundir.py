@@ -43,6 +43,8 @@ LATEST = "latest.pt"
 BEST = "best.pt"
 CACHE_DIR = "cache"
 ATTRIBUTES_FILE = "attributes.json"
+#: pictures of a run (PNG, and a JSON beside each with the numbers drawn): logged to MLflow as artifacts
+FIGURES_DIR = "figures"
 
 #: Suffix of the temporary sibling an atomic write goes through (``.<name>.<random>.tmp``).
 TMP_SUFFIX = ".tmp"

@@ -10,7 +10,7 @@ TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 export HF_HUB_OFFLINE ?= 1
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: setup test bench table6 paper check bless tune world mlflow-ui slurm-up slurm-down clean-results
+.PHONY: setup test bench table6 paper rehearse check bless tune world mlflow-ui optuna-dashboard slurm-up slurm-down clean-results
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -59,8 +59,21 @@ bless: table6
 tune: table6
 	$(BIN)/bikebench tune sweeps/lambda_k.yaml $(if $(WORKERS),--workers $(WORKERS) --executor $(EXECUTOR))
 
+# Table 6 at full scale rehearsed on this CPU against synthetic data (docs/rehearse.md); e.g.
+# REHEARSE_ARGS="--backbone ViT-B-32" (what CI runs), EXECUTOR=slurm (the `make slurm-up` cluster)
+rehearse: setup
+	$(BIN)/bikebench rehearse table6 --executor $(EXECUTOR) $(REHEARSE_ARGS)
+
+# the MLflow UI of results/ (PORT=5000); prints the link that opens each experiment's runs view (docs/mlflow.md)
+PORT ?= 5000
 mlflow-ui: setup
-	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$(CURDIR)/results/mlflow.db
+	$(BIN)/bikebench ui --results results --port $(PORT)
+
+# STUDY=<name>: serve that study's Optuna storage (pip install -e ".[dashboard]"); the same PORT
+optuna-dashboard: setup
+	@test -n "$(STUDY)" || { echo "usage: make optuna-dashboard STUDY=<study name under results/studies>"; exit 2; }
+	@$(BIN)/python -c "import optuna_dashboard" 2>/dev/null || $(BIN)/pip install -q -e ".[dashboard]"
+	$(BIN)/optuna-dashboard --host 127.0.0.1 --port $(PORT) $$($(BIN)/python -c "from harness.tuning.mlflow_log import study_storage_url; print(study_storage_url('results', '$(STUDY)'))")
 
 slurm-up:
 	bash scripts/slurm_up.sh

@@ -18,6 +18,7 @@ are not cached fails at once with a message that says to pass a local checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -175,7 +176,11 @@ def load_clip(
         if use_quick is None and (is_jit or _names_openai_weights(pretrained)):
             log.info("%s: OpenAI CLIP weights, using QuickGELU (pass quick_gelu=False to override)", pretrained)
             use_quick = True
-        model = open_clip.create_model(name, pretrained=None, **kwargs, **_gelu_kwargs(use_quick))
+        # open_clip warns "No pretrained weights loaded ... initialized randomly" for this skeleton; the
+        # weights are the file's, loaded on the next line, so say that instead
+        log.info("%s: building %s and loading its weights from this checkpoint file", pretrained, name)
+        with _quiet_random_init():
+            model = open_clip.create_model(name, pretrained=None, **kwargs, **_gelu_kwargs(use_quick))
         _load_state_dict_into(model, state, pretrained)
     else:
         tags = open_clip.list_pretrained_tags_by_model(name.replace("/", "-"))
@@ -184,6 +189,24 @@ def load_clip(
             f"(known tags: {', '.join(tags) or 'none'}) nor an existing checkpoint file"
         )
     return ClipBackbone(model, open_clip.get_tokenizer(name.replace("/", "-")), name=name)
+
+
+class _NoRandomInitWarning(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded ... initialized randomly" (logged on the root logger)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_random_init():
+    """Around an ``open_clip.create_model(pretrained=None)`` whose weights are loaded right after."""
+    quiet, root = _NoRandomInitWarning(), logging.getLogger()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
 
 
 def _names_openai_weights(path: str | Path) -> bool:

@@ -262,6 +262,9 @@ class EvalConfig(_Strict):
     batch_size: int = Field(32, ge=1)
     save_frame_embeddings: bool = False
     split: Literal["val", "test", "tune"] = "val"
+    figures: int = Field(8, ge=0, description=(
+        "Sample videos of `split` drawn in the run's pictures (<run_dir>/figures/: temporal saliency, generated "
+        "attributes; bike.engine.figures); 0: no pictures."))
 
 
 class NumericsConfig(_Strict):

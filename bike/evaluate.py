@@ -85,6 +85,9 @@ def run(
             "elapsed_s": time.time() - start,
         }
         logger.metrics({"kind": "final", "split": split, **payload["metrics"]}, 0)
+        from bike.engine.figures import write_run_figures
+
+        write_run_figures(config, run_dir, model, info.device, logger)  # <run_dir>/figures/ (eval.figures videos)
         return runner.write_result(run_dir, payload)
     finally:
         logger.close()

@@ -167,6 +167,9 @@ def run(
             "elapsed_s": time.time() - start,
         }
         logger.metrics({"kind": "final", "split": config.eval.split, **payload["metrics"]}, progress_state.step)
+        from bike.engine.figures import write_run_figures
+
+        write_run_figures(config, run_dir, model, device, logger)  # <run_dir>/figures/ (eval.figures videos)
         return runner.write_result(run_dir, payload)
     finally:
         logger.close()

@@ -174,6 +174,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", action="append", default=None, metavar="ID", help="only this table (repeatable)")
     _common(p), _world_options(p), _submit_options(p)
 
+    p = sub.add_parser("rehearse", help="execute the full-scale plan for real on this CPU against synthetic data "
+                                        "(a few steps per run, checkpoint and resume, real views; harness.rehearse)")
+    p.add_argument("items", nargs="+", metavar="SPEC|table6|paper|table:ID|key=value",
+                   help="spec files (or one of table6, paper, table:ID), then dotted key=value overrides")
+    p.add_argument("--scale", choices=("full",), default="full", help="the scale rehearsed (full)")
+    p.add_argument("--only", action="append", default=None, metavar="VARIANT", help="only this variant (+ its dependencies)")
+    p.add_argument("--backbone", action="append", default=[], metavar="NAME",
+                   help="only the runs of this backbone (+ their dependencies), e.g. ViT-B-32 (repeatable)")
+    p.add_argument("--executor", choices=EXECUTOR_CHOICES, default="local", help="submitit cluster, never auto-detected")
+    p.add_argument("--parallelism", type=_positive_int, default=1, help="local/debug: jobs at a time (default 1)")
+    p.add_argument("--poll", type=_positive_float, default=2.0, help="seconds between job polls")
+    p.add_argument("--steps", type=_positive_int, default=2, help="optimiser steps per training run (>= 2; default 2)")
+    p.add_argument("--batch", type=_positive_int, default=2, help="cap on train.batch_size (default 2)")
+    p.add_argument("--train-videos", type=_positive_int, default=4, help="training videos a run reads (default 4)")
+    p.add_argument("--val-videos", type=_positive_int, default=2, help="videos each evaluation scores (default 2)")
+    p.add_argument("--per-class", type=_positive_int, default=2, help="videos per class in the mirror's training lists")
+    p.add_argument("--timeout-min", type=_positive_float, default=120.0, help="time limit of each rehearsal job")
+    p.add_argument("--keep", action="store_true", help="keep the previous rehearsal's runs (default: start afresh)")
+    p.add_argument("--results", default="results", type=_directory,
+                   help="results directory; the rehearsal writes <results>/rehearsal (runs, data mirror, mlflow.db, report)")
+
     p = sub.add_parser("status", help="state of every run (from the run directories)")
     p.add_argument("spec", nargs="?", default=None)
     p.add_argument("overrides", nargs="*", metavar="key=value")
@@ -182,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sync", help="replay run directories into MLflow")
     _common(p)
+    p.add_argument("--rebase", action="store_true",
+                   help="first point a moved SQLite store's artifact locations at <results>/mlartifacts")
 
     p = sub.add_parser("world", help="the embedded miniature video world")
     wsub = p.add_subparsers(dest="world_command", required=True)
@@ -267,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("mlflow-uri", help="print the tracking URI in use")
     _common(p)
+
+    p = sub.add_parser("ui", help="serve the MLflow UI of the results and print the link that opens each experiment's runs")
+    _common(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--print-only", action="store_true", help="print the links, do not start the server")
     return parser
 
 
@@ -375,6 +404,20 @@ def cmd_paper(args: argparse.Namespace) -> int:
     return 0 if drive.ok else 1
 
 
+def cmd_rehearse(args: argparse.Namespace) -> int:
+    from harness.rehearse import RehearsalOptions, rehearse
+
+    options = RehearsalOptions(steps=args.steps, batch=args.batch, train_videos=args.train_videos,
+                               val_videos=args.val_videos, per_class=args.per_class, timeout_min=args.timeout_min,
+                               cluster=args.executor, backbones=tuple(args.backbone))
+    ok, report = rehearse(args.items, results=args.results, cluster=args.executor, options=options, only=args.only,
+                          parallelism=args.parallelism, poll_s=args.poll, keep=args.keep,
+                          log=lambda line: print(line, flush=True))
+    print(report.read_text())
+    print(f"rehearsal {'passed' if ok else 'FAILED'}: {report}")
+    return 0 if ok else 1
+
+
 def status_rows(results: Path, plan: Optional[Any] = None) -> list[dict[str, str]]:
     """One row per run: run id, status, job id, what asked for it."""
     from harness.executor import run_status, sacct_states
@@ -430,6 +473,36 @@ def _duration(seconds: Any) -> str:
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
+def _table_order(results: Path):
+    """Sort key of ``bikebench status`` rows: by spec, then by the order of the variants in the spec file
+    (the table's row order), then by run id; runs no spec file names come last."""
+    import yaml
+
+    from harness.rundir import RunDir
+
+    orders: dict[str, dict[str, int]] = {}
+
+    def variant_order(path: str) -> dict[str, int]:
+        if path not in orders:
+            try:
+                doc = yaml.safe_load(Path(path).read_text()) or {}
+                orders[path] = {str(v): i for i, v in enumerate((doc.get("variants") or {}).keys())}
+            except (OSError, yaml.YAMLError, AttributeError):
+                orders[path] = {}
+        return orders[path]
+
+    def key(row: dict[str, str]):
+        meta = RunDir.for_run(results, row["run_id"]).read_meta() or {}
+        req = (meta.get("requested_by") or [{}])[0]
+        spec, variant = str(req.get("spec", "")), str(req.get("variant", ""))
+        if not spec and row["requested_by"]:
+            spec, _, variant = row["requested_by"].split(",")[0].partition(".")
+        index = variant_order(str(meta.get("spec_path", ""))).get(variant, 10**6)
+        return (not spec, spec, index, row["run_id"])
+
+    return key
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     results = Path(args.results).resolve()
     plan = None
@@ -444,8 +517,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no runs under {results / 'runs'}")
         return 0
-    width = max(len(r["state"]) for r in rows)
-    head = max(len(r["headline"]) for r in rows)
+    rows.sort(key=_table_order(results))
+    width = max(len(r["state"]) for r in rows + [{"state": "state"}])
+    head = max(len(r["headline"]) for r in rows + [{"headline": "headline"}])
+    print(f"{'run':12s}  {'state':<{width}}  {'scale':5s}  {'job':<16s}  {'time':>6s}  {'headline':<{head}}  spec.variant")
     for r in rows:
         line = (f"{r['run_id']}  {r['state']:<{width}}  {r['scale']:5s}  {r['job']:<16s}  {r['elapsed']:>6s}  "
                 f"{r['headline']:<{head}}  {r['requested_by']}")
@@ -462,6 +537,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
     results = Path(args.results).resolve()
     try:
+        if getattr(args, "rebase", False):
+            from harness.tracking import rebase_store
+
+            for line in rebase_store(results, args.tracking_uri) or ["nothing to rebase"]:
+                print(f"rebased {line}")
         report = sync(results, args.tracking_uri)
     except TrackingError as exc:  # the store cannot be used at all: one line, nothing is lost
         print(f"error: {exc}; the run directories are kept, run `bikebench sync` again later", file=sys.stderr)
@@ -469,6 +549,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
     print(f"MLflow ({resolve_tracking_uri(args.tracking_uri, results)}): {report}")
     for line in report.failed:
         print(f"error: MLflow did not take run {line}", file=sys.stderr)
+    for line in report.warnings:
+        print(f"warning: {line}", file=sys.stderr)
     return 1 if report.failed else 0
 
 
@@ -616,8 +698,35 @@ def cmd_mlflow_uri(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    """``bikebench ui``: the links that open each experiment's runs view (MLflow 3 opens experiments on
+    its GenAI overview otherwise), then ``mlflow ui`` on the results' store (docs/mlflow.md)."""
+    import shutil
+    import subprocess
+
+    from harness.tracking import TrackingError, ui_links
+
+    results = Path(args.results).resolve()
+    base = f"http://{args.host}:{args.port}"
+    try:
+        uri, links, warnings = ui_links(results, args.tracking_uri, base)
+    except TrackingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    print(f"MLflow UI of {uri}; open the runs (in the table's order) at:")
+    for name, link in links:
+        print(f"  {name}: {link}")
+    if args.print_only or uri.startswith(("http://", "https://")):
+        return 0
+    mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or shutil.which("mlflow") or "mlflow"
+    return subprocess.call([mlflow, "ui", "--host", args.host, "--port", str(args.port), "--backend-store-uri", uri])
+
+
 COMMANDS = {
-    "run": cmd_run, "table6": cmd_table6, "table": cmd_table, "paper": cmd_paper, "status": cmd_status, "sync": cmd_sync, "world": cmd_world,
+    "ui": cmd_ui,
+    "run": cmd_run, "rehearse": cmd_rehearse, "table6": cmd_table6, "table": cmd_table, "paper": cmd_paper, "status": cmd_status, "sync": cmd_sync, "world": cmd_world,
     "check": cmd_check, "tune": cmd_tune, "mlflow-uri": cmd_mlflow_uri, "import": cmd_import, "data": cmd_data,
 }
 
@@ -629,7 +738,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
     # key=value overrides may come after options: argparse leaves them over; hand them back
-    target = {"run": "items", "table6": "overrides", "table": "overrides", "paper": "overrides", "status": "overrides", "tune": "overrides",
+    target = {"run": "items", "rehearse": "items", "table6": "overrides", "table": "overrides", "paper": "overrides", "status": "overrides", "tune": "overrides",
               "data": "overrides" if getattr(args, "data_command", None) == "check" else None}.get(args.command)
     stray = [e for e in extra if e.startswith("-") or "=" not in e or target is None]
     if stray:

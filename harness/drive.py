@@ -122,6 +122,62 @@ def log_to_mlflow(plan: Plan, results: Path, tracking_uri: Optional[str], log: C
     return message
 
 
+def next_steps(results: Path, tracking_uri: Optional[str] = None, html: Optional[Path] = None, track: bool = True) -> str:
+    """What to do after a table: where its report and the runs are, how to open MLflow, `make check`, `make tune`."""
+    lines = ["", "Next steps:"]
+    if html is not None:
+        lines.append(f"  report with every picture:  {html}")
+    if track:
+        try:
+            from harness.tracking import resolve_tracking_uri
+
+            uri = resolve_tracking_uri(tracking_uri, results)
+        except Exception:  # noqa: BLE001 - the hint must not fail the table
+            uri = "`bikebench mlflow-uri`"
+        lines.append(f"  MLflow ({uri}):  make mlflow-ui, then http://127.0.0.1:5000")
+    else:
+        lines.append("  MLflow:  not logged (--no-track); `bikebench sync` logs the runs later")
+    lines += ["  regression check against the baseline:  make check   (bikebench check)",
+              "  tune λ and the number of attributes on the cached scores:  make tune   (bikebench tune sweeps/lambda_k.yaml)",
+              f"  state of every run:  bikebench status --results {results}"]
+    return "\n".join(lines)
+
+
+#: Seconds between two passes of :func:`stream_to_mlflow` at the least (it follows the runner's poll).
+STREAM_MIN_S = 5.0
+
+
+@contextlib.contextmanager
+def stream_to_mlflow(plan: Plan, results: Path, tracking_uri: Optional[str], log: Callable[[str], None],
+                     every_s: float = STREAM_MIN_S) -> Iterator[None]:
+    """While the jobs run: every ``every_s`` seconds replay the plan's run directories into MLflow (a
+    child run appears when its job starts, with the job's start time; its new ``metrics.jsonl`` lines
+    follow at their steps; it ends with the job). Jobs never talk to MLflow: the driver reads their run
+    directories. A store that fails stops the streaming with one line (the final logging and
+    ``bikebench sync`` catch up); the parents stay running (the table ends its own)."""
+    stop = threading.Event()
+    entries = [(RunDir(r.run_dir), spec, variant, plan.scale) for r in plan.runs for spec, variant in r.requested_by]
+
+    def loop() -> None:
+        try:
+            from harness.tracking import Tracker
+
+            tracker = Tracker(results, tracking_uri)
+            while not stop.wait(every_s):
+                tracker.log_plan_runs(entries, finish_parents=False)
+        except Exception as exc:  # noqa: BLE001 - streaming is a convenience; the final logging reports faults
+            log(f"MLflow: live logging stopped ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+                "the runs are logged when they end")
+
+    thread = threading.Thread(target=loop, name="bikebench-mlflow-stream", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 #: Seconds a driver waits for a run directory's lock before it says that it is waiting.
 LOCK_NOTICE_S = 2.0
 
@@ -206,20 +262,28 @@ def run_specs(
     track: bool = True,
     log: Callable[[str], None] = print,
     show: str = "text",
+    rewrite: Optional[Callable[[Plan], Plan]] = None,
 ) -> DriveResult:
     """Expand, submit, wait, log to MLflow and collect the cells of ``specs``.
 
     ``show`` (with ``dry_run``): ``text`` (waves and runs, one line each), ``json`` (one JSON object
-    per planned run on stdout, :func:`plan_record`) or ``yaml`` (the same records as YAML documents)."""
+    per planned run on stdout, :func:`plan_record`) or ``yaml`` (the same records as YAML documents).
+    ``rewrite``: a function of the expanded plan returning the plan to run instead (``bikebench rehearse``,
+    :mod:`harness.rehearse`)."""
     results = Path(results).resolve()
     needs_world = scale == "smoke"
     if world is None and needs_world:
         world = bike_world(default_world_root(results), size=world_size)
     plan = expand(list(specs), scale, results, world=world, only=only)
+    if rewrite is not None:
+        plan = rewrite(plan)
     runner = Runner(results, cluster, job_targets=job_targets, resources=resources, parallelism=parallelism,
                     poll_s=poll_s, log=log)
     runner.preflight(plan, dry_run=dry_run)  # bad inputs refused before any run directory is locked or made
-    with contextlib.nullcontext() if dry_run else locked_runs(plan, log):
+    streaming = track and not dry_run
+    with contextlib.nullcontext() if dry_run else locked_runs(plan, log), \
+            stream_to_mlflow(plan, results, tracking_uri, log, every_s=max(poll_s, STREAM_MIN_S)) if streaming \
+            else contextlib.nullcontext():
         outcomes = runner.execute(plan, dry_run=dry_run)
     if dry_run and show in ("json", "yaml"):
         import json
@@ -246,6 +310,9 @@ def run_specs(
             log(f"  {run.run_id} {run.kind:8s} {o.action:12s} {', '.join(f'{s}.{v}' for s, v in run.requested_by)}"
                 + (f" <- {', '.join(run.dependencies)}" if run.dependencies else ""))
         return DriveResult(plan, outcomes)
+    from harness.figures import lambda_figures
+
+    lambda_figures([r.run_dir for r in plan.runs if RunDir(r.run_dir).is_done()], log)  # <run>/figures/lambda.*
     tracking_error = log_to_mlflow(plan, results, tracking_uri, log) if track else None
     cells, missing = collect_cells(plan)
     identity = world("general").values.get("identity") if world is not None else None

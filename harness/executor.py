@@ -251,6 +251,9 @@ class Runner:
         self.folder: Optional[Path] = None
         self.submissions: list[Submission] = []
         self._preflown: Optional[int] = None
+        self._total = 0  # runs this invocation runs (for the "[k/N]" of each finished run)
+        self._finished = 0
+        self._submitted_at: dict[str, float] = {}
 
     # -------------------------------------------------------------- helpers
     def target(self, kind: str) -> JobTarget:
@@ -311,6 +314,11 @@ class Runner:
                 pending.append(run)
         for run in pending:
             self.parameters(run)  # resources that cannot work fail here, before anything is submitted
+        self._total, self._finished = len(pending), 0
+        if not dry_run:
+            skipped = sum(1 for o in outcomes.values() if o.action == "skipped-done")
+            self.log(f"{len(plan.runs)} run(s) planned: {skipped} already done, {len(foreign)} running elsewhere, "
+                     f"{len(pending)} to run ({self.cluster}" + (f", {self.parallelism} at a time)" if self.cluster != "slurm" else ")"))
         self.folder = invocation_folder(self.results)
         if self.cluster == "slurm":
             self._execute_slurm(plan, pending, foreign, outcomes, dry_run)
@@ -341,7 +349,8 @@ class Runner:
                 reason = self._blocked(run, outcomes)
                 if reason:
                     outcomes[run.run_id] = RunOutcome(run.run_id, "pending", "blocked", reason=reason)
-                    self.log(f"[{run.run_id}] not started: {reason}")
+                    self._finished += 1
+                    self.log(f"[{self._finished}/{self._total}] {_names(run)} not started: {reason} (run {run.run_id})")
                 else:
                     ready.append(run)
             for group in _group_by_parameters(ready, self.parameters):
@@ -364,6 +373,7 @@ class Runner:
         for run, job in zip(chunk, jobs):
             RunDir(run.run_dir).record_submission(self.cluster, job.job_id, self.folder)
             sub.job_ids.append(str(job.job_id))
+            self._submitted_at[run.run_id] = time.time()
             self.log(f"[{run.run_id}] submitted ({self.cluster} job {job.job_id}): {', '.join(f'{s}.{v}' for s, v in run.requested_by)}")
         for run, job in zip(chunk, jobs):
             outcomes[run.run_id] = self._finish(run, job)
@@ -390,7 +400,9 @@ class Runner:
             rd.write_state(state, job_id=str(job.job_id), reason=reason[:2000])
         elif state == "failed":
             reason = str(rd.read_state().get("reason", ""))
-        self.log(f"[{run.run_id}] {state}" + (f": {reason.splitlines()[0][:200]}" if reason else ""))
+        self._finished += 1
+        self.log(finished_line(run, state, reason, self._finished, self._total, rd.result() if state == "done" else None,
+                               time.time() - self._submitted_at.get(run.run_id, time.time())))
         return RunOutcome(run.run_id, state, "submitted", str(job.job_id), reason)
 
     def _wait_foreign(self, rd: RunDir) -> str:
@@ -437,12 +449,56 @@ class Runner:
                     job_of[run.run_id] = str(job.job_id)
                     sub.job_ids.append(str(job.job_id))
                     RunDir(run.run_dir).record_submission("slurm", job.job_id, self.folder)
-                    self.log(f"[{run.run_id}] submitted (slurm job {job.job_id})")
+                    self._submitted_at[run.run_id] = time.time()
+                    self.log(f"[{run.run_id}] submitted (slurm job {job.job_id}): {_names(run)}")
                     submitted.append((run, job))
         for rid, rd in foreign.items():
             outcomes[rid].state = self._wait_foreign(rd)
         for run, job in submitted:
             outcomes[run.run_id] = self._finish(run, job)
+
+
+def _names(run: PlannedRun) -> str:
+    return ", ".join(f"{s}.{v}" for s, v in run.requested_by)
+
+
+#: Metrics a finished run is summed up by when none of its cells names one (the first its result has).
+HEADLINE_METRICS = ("top1", "mAP", "zs_half_top1", "zs_k600_top1")
+
+
+def format_duration(seconds: Optional[float]) -> str:
+    """``14s``, ``3m05s``, ``2h03m``; ``""`` when unknown."""
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds < 0 or not math.isfinite(seconds):
+        return ""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def headline(run: PlannedRun, result: Optional[Mapping[str, Any]]) -> str:
+    """``video_top1 67.7``: the metric of the run's first table cell (else a :data:`HEADLINE_METRICS`)."""
+    metrics = (result or {}).get("metrics") or {}
+    for name in [c.metric for c in run.cells] + list(HEADLINE_METRICS):
+        value = metrics.get(name, (result or {}).get(name))
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return f"{name} {value:.1f}"
+    return ""
+
+
+def finished_line(run: PlannedRun, state: str, reason: str, k: int, n: int, result: Optional[Mapping[str, Any]],
+                  wall_s: float) -> str:
+    """``[3/15] table6.vcs done in 1m23s: video_top1 67.7 (run 49af41006856)``; a failure gives its reason."""
+    elapsed = (result or {}).get("elapsed_s", wall_s)
+    text = f"[{k}/{n}] {_names(run)} {state} in {format_duration(elapsed) or '?'}"
+    if state == "done":
+        head = headline(run, result)
+        text += f": {head}" if head else ""
+    elif reason:
+        text += f": {reason.splitlines()[0][:200]}"
+    return text + f" (run {run.run_id})"
 
 
 def _group_by_parameters(

@@ -42,6 +42,24 @@ TAG_BACKBONE = "bikebench.backbone"
 TAG_GIT_DIRTY = "bikebench.git_dirty"
 TAG_JOB_ID = "bikebench.job_id"
 TAG_CLUSTER = "bikebench.cluster"
+#: MLflow's own: the run's description (Markdown), shown on the run's page.
+TAG_NOTE = "mlflow.note.content"
+#: Zero-padded position of the run's variant in its spec: sorting by it gives the table's order.
+TAG_ORDER = "bikebench.order"
+#: The table cells a run fills (``6a/mean_pool/top1, 6i/vit_b32/baseline``) and their tables (``6a,6i``).
+TAG_CELLS = "bikebench.cells"
+TAG_TABLES = "bikebench.tables"
+#: Every variant of the spec that resolves to this run (one run directory, one child run).
+TAG_VARIANTS = "bikebench.variants"
+#: The variant's description in the spec.
+TAG_DESCRIPTION = "bikebench.description"
+#: ``init_from``: the run id of the run directory it starts from, and that run's MLflow run id.
+TAG_INIT_FROM = "bikebench.init_from"
+TAG_INIT_FROM_RUN = "bikebench.init_from_mlflow_run"
+#: Signature of the files of ``<run_dir>/figures/`` last logged as artifacts (re-logged when it changes).
+TAG_FIGURES = "bikebench.figures"
+#: The git commit of the harness that made a parent (table) run.
+TAG_TABLE_COMMIT = "bikebench.table_commit"
 # Optuna studies (a parent per study, a child per trial).
 TAG_STUDY = "optuna_study"
 TAG_STORAGE = "optuna_storage"
@@ -50,10 +68,79 @@ TAG_TUNE_ON = "tune_on"
 
 #: The kind of a study's parent run (:data:`TAG_KIND`).
 KIND_STUDY = "study"
+#: The kind of a spec's / table's parent run.
+KIND_TABLE = "table"
+
+# ------------------------------------------------------------------------------------ metric names
+#: The one home of MLflow metric names. A run's headline numbers (``result.json``) are logged once
+#: each, at step 0 (MLflow then draws bars), in percent, named ``<split>/<metric>`` with the branch
+#: in the name: ``val/video_top1``, ``val/attr_top1``, ``val/fused_top1``, ... The unbranched aliases
+#: of ``result.json`` (``top1`` is the fused number of a run with attributes, the video number of one
+#: without) are left out where a branched name exists. Counts stay in ``result.json``.
+HEADLINE_STEP = 0
+#: ``result.json`` metric names that are aliases of a branched one (``top1`` = ``fused_top1`` or ``video_top1``).
+METRIC_ALIASES = ("top1", "top5", "mean_class")
+#: Per-line curves of ``metrics.jsonl``: ``train/<key>`` at the line's step; validation lines
+#: (``kind: val``, once per epoch) ``epochs/<split>/<key>``, so that they never mix with the headline.
+CURVE_PREFIX = {"train": "train", "val": "epochs"}
+#: ``metrics.jsonl`` kinds not logged (``final`` repeats result.json, logged as the headline).
+SKIPPED_LINE_KINDS = ("final",)
+
+
+def headline_name(split: str, metric: str) -> str:
+    """``val/video_top1``: the MLflow name of ``metric`` of ``split``."""
+    return f"{split}/{metric}"
+
+
+def headline_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    """The headline numbers of a ``result.json``: every split's metrics (``splits``; else ``metrics``
+    under ``split``) as ``<split>/<metric>``, the unbranched aliases left out (:data:`METRIC_ALIASES`),
+    NaN (null) left out."""
+    splits = result.get("splits")
+    if not isinstance(splits, Mapping) or not splits:
+        metrics = result.get("metrics")
+        splits = {str(result.get("split") or "val"): metrics} if isinstance(metrics, Mapping) else {}
+    out: dict[str, float] = {}
+    for split, metrics in splits.items():
+        if not isinstance(metrics, Mapping):
+            continue
+        for key, value in metrics.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+                continue
+            if key in METRIC_ALIASES and any(str(k).endswith("_" + key) for k in metrics):
+                continue
+            out[headline_name(str(split), str(key))] = float(value)
+    return out
+
+
+def cell_metric_name(table: str, row: str, column: str) -> str:
+    """A table cell as a metric of the table's parent run: ``6a/mean_pool/top1`` (ours)."""
+    return f"{table}/{row}/{column}"
+
+
+def cell_delta_name(table: str, row: str, column: str) -> str:
+    """Ours minus the paper of a cell: ``6a/mean_pool/top1/delta``."""
+    return f"{cell_metric_name(table, row, column)}/delta"
+
+
+def study_metric_name(split: str, objective: str) -> str:
+    """A study trial's metric: the objective on the tuning split, in percent (``tune/fused_top1``)."""
+    return headline_name(split, objective)
+
+
+def runs_view_link(base_url: str, experiment_id: Optional[str] = None) -> str:
+    """The MLflow 3 page that lists the runs (not the GenAI overview): ``workflowType=machine_learning``,
+    runs sorted in the table's order (:data:`TAG_ORDER`)."""
+    base = base_url.rstrip("/")
+    if experiment_id is None:
+        return f"{base}/#/experiments?workflowType=machine_learning"
+    return (f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&orderByKey=tags.%60{TAG_ORDER}%60&orderByAsc=true")
 
 
 def artifact_location(tracking_uri: str, results: str | Path, experiment: str) -> Optional[str]:
-    """Absolute ``<results>/mlartifacts/<experiment>`` for local stores (MLflow 3 needs it absolute);
+    """Absolute ``<results>/mlartifacts/<experiment>`` for local stores (MLflow 3 needs it absolute;
+    ``bikebench sync --rebase`` rewrites them when ``results/`` moved: :func:`harness.tracking.rebase_store`);
     a tracking server chooses its own (None)."""
     if tracking_uri.startswith(("http://", "https://", "databricks")):
         return None
@@ -85,16 +172,21 @@ def parent_run(
     run_name: str,
     tags: Optional[Mapping[str, str]] = None,
     match: Optional[Mapping[str, str]] = None,
+    legacy_match: bool = False,
 ) -> Any:
     """The parent run (an MLflow ``Run``) tagged ``TAG_PARENT_KEY = key`` in experiment id ``experiment``
     whose tags also equal ``match`` (the oldest, when there are several); created with ``tags`` when
-    there is none."""
+    there is none. ``legacy_match``: a run without a tag of ``match`` (written before it existed) matches
+    too, and gets the tag."""
     found = client.search_runs(
         [experiment], filter_string=f"tags.`{TAG_PARENT_KEY}` = '{key}'", max_results=50 if match else 1,
         order_by=OLDEST_FIRST,
     )
     for run in found:
-        if all(run.data.tags.get(k) == v for k, v in (match or {}).items()):
+        if all(run.data.tags.get(k, v if legacy_match else None) == v for k, v in (match or {}).items()):
+            for k, v in (match or {}).items():
+                if k not in run.data.tags:
+                    client.set_tag(run.info.run_id, k, v)
             return run
     return client.create_run(experiment, run_name=run_name, tags={TAG_PARENT_KEY: key, **dict(tags or {})})
 

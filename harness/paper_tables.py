@@ -333,9 +333,15 @@ def _log_table(results: Path, tracking_uri: Optional[str], table: PaperTable, dr
             run = drive.plan.by_id[rid]
             spec, variant = run.requested_by[0]
             tracker.log_run_dir(RunDir(run.run_dir), table.experiment, f"{spec}.{variant}", scale, parent)
-        tracker.log_parent_artifacts(table.experiment, scale, artifacts)
-        for name, value in metrics.items():
-            tracker.client.log_metric(parent, name, value)
+        from harness.expand import code_version
+
+        cells, _ = _split(drive, table)
+        params = {"table": table.id, "specs": ",".join(table.specs), "scale": scale,
+                  "git_commit": code_version().get("commit") or ""}
+        figures = results / "figures" / f"table{table.id}"
+        # the parent is the table: each cell a metric (ours, Δ to the paper), the files, ended now
+        tracker.log_table(table.experiment, scale, cells, artifacts, params=params, metrics=metrics,
+                          figures=figures if figures.is_dir() else None)
     except Exception as exc:  # noqa: BLE001 - a finished table is kept when MLflow fails
         print(f"MLflow: could not log table {table.id} ({exc}); `bikebench sync` replays the runs, not the table", file=out)
 

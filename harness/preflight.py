@@ -223,6 +223,39 @@ def _world_size(cluster: str, resources: ResourceSpec) -> int:
     return tasks * (s.nodes or 1) if cluster == "slurm" else (tasks if cluster == "local" else 1)
 
 
+def local_tasks_problem(cluster: str, resources: ResourceSpec) -> Optional[str]:
+    """Why several tasks per node cannot run on the local executor (None when they are not asked for)."""
+    tasks = resources.slurm.tasks_per_node or 1
+    if cluster != "local" or tasks <= 1:
+        return None
+    return (f"resources.slurm.tasks_per_node: got {tasks} with the local executor; submitit's local executor would start "
+            f"{tasks} processes of every job on this machine (the spec asks for one process per GPU of a SLURM node), "
+            f"each loading the model and the data: expected 1 (--tasks-per-node 1), or --executor slurm on a cluster")
+
+
+def missing_files(plan: Any, targets: Optional[Mapping[str, Any]] = None) -> dict[str, list[str]]:
+    """The data files the plan's engine runs read that do not exist: ``{path: [run ids]}`` (class files,
+    the lists of the splits each run reads, checkpoint paths given as ``pretrained``)."""
+    from harness.jobs import DEFAULT_JOB_KINDS, job_target
+
+    out: dict[str, list[str]] = {}
+    for run in plan.runs:
+        target = (targets or {}).get(run.kind) or job_target(run.kind)
+        if target != DEFAULT_JOB_KINDS.get(run.kind):
+            continue
+        c = run.config
+        splits = {"train" if c.eval.split == "tune" else c.eval.split}
+        if run.kind == "train":
+            splits |= {"train"} | ({"train" if c.train.select_on == "tune" else c.train.select_on} - {"none"})
+        paths = [c.data.class_file] + [getattr(c.data, f"{s}_list", None) for s in sorted(splits)]
+        if c.model.pretrained and _is_weight_path(c.model.pretrained):
+            paths.append(c.model.pretrained)
+        for path in paths:
+            if path and not Path(path).expanduser().exists():
+                out.setdefault(str(path), []).append(run.run_id)
+    return out
+
+
 def check_plan(plan: Any, cluster: str = "local", resources_of: Optional[Callable[[Any], ResourceSpec]] = None,
                targets: Optional[Mapping[str, Any]] = None) -> list[str]:
     """Problems of every run of ``plan`` that bike's engine would run (see the module docstring)."""
@@ -232,12 +265,15 @@ def check_plan(plan: Any, cluster: str = "local", resources_of: Optional[Callabl
     planned = [str(r.run_dir) for r in plan.runs]
     lines: list[str] = []
     for run in plan.runs:
-        target = (targets or {}).get(run.kind) or job_target(run.kind)
-        if target != DEFAULT_JOB_KINDS.get(run.kind):
-            continue  # a stand-in engine: it reads none of this
         res = resources_of(run) if resources_of is not None else run.resources
         spec, variant = run.requested_by[0]
         where = f"{run.spec_path}: variants.{variant} (spec {spec}, scale {run.scale}, run {run.run_id})"
+        problem = local_tasks_problem(cluster, res)
+        if problem:
+            lines.append(f"  {where}: {problem}")
+        target = (targets or {}).get(run.kind) or job_target(run.kind)
+        if target != DEFAULT_JOB_KINDS.get(run.kind):
+            continue  # a stand-in engine: it reads none of this
         for problem in check_config(run.config, run.kind, _world_size(cluster, res), planned, reader):
             lines.append(f"  {where}: {problem}")
     return lines
@@ -251,6 +287,10 @@ def preflight(plan: Any, cluster: str = "local", resources_of: Optional[Callable
     if not lines:
         return lines
     shown = lines[:MAX_PROBLEMS] + ([f"  ... and {len(lines) - MAX_PROBLEMS} more"] if len(lines) > MAX_PROBLEMS else [])
+    absent = missing_files(plan, targets)
+    if absent:  # the files to fetch first, once each, before the per-run details
+        shown = ([f"  missing file(s) the plan needs ({len(absent)}):"]
+                 + [f"    {p}  (read by {len(ids)} run(s))" for p, ids in sorted(absent.items())] + ["  problems per run:"] + shown)
     head = f"pre-flight: {len(lines)} problem(s) the job(s) would meet; nothing was submitted"
     if dry_run:
         print("\n".join([f"warning: {head} (a real run refuses them)"] + shown), file=sys.stderr, flush=True)

@@ -11,7 +11,9 @@
   ending with "Ablation directions: N of M reproduced" and the missed ones (``harness.directions``;
   also under ``directions`` in ``table6_results.json``),
 
-prints the table and attaches both files to the MLflow parent run of (table6, scale).
+``<results>/table6.html`` and ``table6.tex`` (the same sub-tables, as every other table), prints the
+table and makes the MLflow parent run of (table6, scale) the table (:func:`log_table_parent`: each cell
+a metric, ours and Δ to the paper; spec, scale, profile, commit as params; the files as artifacts).
 
 With ``lambda_from`` (``bikebench table6 --lambda-from STUDY``) every cell whose metric is a fused one
 (``fused_top1``, ``fused_top5``, ``fused_mean_class``) is recomputed from its run's cached scores of the
@@ -42,6 +44,8 @@ TABLE6_SPEC = REPO_ROOT / "experiments" / "table6.yaml"
 TABLE6_RESULTS = "table6_results.json"
 TABLE6_MISSING = "table6_missing.json"
 TABLE6_MARKDOWN = "table6.md"
+TABLE6_HTML = "table6.html"
+TABLE6_LATEX = "table6.tex"
 TABLE6_LAMBDA = "table6_lambda.json"
 #: result.json metric of a fused cell -> the metric recomputed at the study's λ (harness.tuning.fused_metric).
 FUSED_CELL_METRICS = {"fused_top1": "top1", "fused_top5": "top5", "fused_mean_class": "mean_class"}
@@ -77,6 +81,46 @@ def render_table6(
         text += "\n\n## Cells without a value of ours\n\n"
         text += "\n".join(f"- {m['table']} `{m['row']}` / `{m['column']}`: {m['reason']}" for m in missing) + "\n"
     return text
+
+
+def render_table6_html_latex(cells: Sequence[Mapping[str, Any]], scale: str, notes: Sequence[str] = ()) -> tuple[str, str]:
+    """``table6.html`` and ``table6.tex``: the nine sub-tables ours beside the paper (``harness.tables``),
+    as ``bikebench table`` writes every other table; ('', '') when the paper's numbers cannot be read."""
+    import html
+
+    try:
+        from harness.registry import load_registry
+        from harness.tables import TABLE6_IDS, build_comparison, comparison_to_html, comparison_to_latex
+
+        registry = load_registry()
+        title = f"Table 6: Ablation studies on Kinetics-400 — ours ({scale} scale) beside the paper"
+        body = [f"<h1>{html.escape(title)}</h1>"] + [f"<p class=\"note\">{html.escape(n)}</p>" for n in notes]
+        tex = []
+        for t in TABLE6_IDS:
+            cmp = build_comparison(registry, list(cells), t)
+            body.append(comparison_to_html(cmp))
+            tex.append(comparison_to_latex(cmp, label=f"tab:{t}"))
+    except Exception:  # noqa: BLE001 - the Markdown table is the one that must exist
+        return "", ""
+    page = ("<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Table 6</title><style>"
+            "body{font-family:sans-serif;max-width:80em;margin:auto} table{border-collapse:collapse;margin:1em 0}"
+            " td,th{border:1px solid #ccc;padding:2px 6px} td.pos{color:#070} td.neg{color:#a00}"
+            " caption{text-align:left}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    return page, "\n".join(tex) + "\n"
+
+
+def log_table_parent(results: Path, tracking_uri: Optional[str], spec: Any, scale: str, cells: Sequence[Mapping[str, Any]],
+                     artifacts: Sequence[Path], metrics: Mapping[str, float], figures: Optional[Path]) -> str:
+    """The MLflow parent run of (spec, scale) as the table (:meth:`harness.tracking.Tracker.log_table`):
+    every cell (ours, Δ to the paper), spec/scale/profile/commit as params, the table files, ended."""
+    from harness.expand import code_version
+    from harness.tracking import Tracker
+
+    code = code_version()
+    params = {"spec": spec.name, "scale": scale, "profile": getattr(spec, "profile", None) or "",
+              "git_commit": code.get("commit") or "", "spec_description": getattr(spec, "description", "") or ""}
+    return Tracker(results, tracking_uri).log_table(spec.name, scale, cells, artifacts, params=params, metrics=metrics,
+                                                    figures=figures)
 
 
 def _fmt_lambda(lam: float) -> str:
@@ -231,17 +275,33 @@ def run_table6(
     if directions is not None:
         text = text.rstrip("\n") + "\n\n" + directions.to_markdown()
     atomic_write_text(results / TABLE6_MARKDOWN, text)
+    page, tex = render_table6_html_latex(table_cells, scale, notes)
+    for name, body in ((TABLE6_HTML, page), (TABLE6_LATEX, tex)):
+        if body:
+            atomic_write_text(results / name, body)
+            artifacts.append(results / name)
+    from harness.figures import table6_pictures
+
+    # bars per sub-table (<results>/figures/table6/) and table6.html as the full report: the tables, the
+    # directions and every run's pictures, embedded (harness.figures)
+    html_path = table6_pictures(results, drive, scale, directions, log=lambda m: print(m, file=out), cells=table_cells,
+                                notes=notes)
+    if html_path is not None and html_path not in artifacts:
+        artifacts.append(html_path)
     print(text, file=out)
     if kwargs.get("track", True) and drive.tracking_error is None:
         try:
-            from harness.tracking import Tracker
-
-            tracker = Tracker(results, tracking_uri)
-            parent = tracker.log_parent_artifacts(spec.name, scale, artifacts)
+            metrics: dict[str, float] = {}
             if directions is not None:
-                tracker.client.log_metric(parent, "ablation_directions_reproduced", directions.reproduced)
-                tracker.client.log_metric(parent, "ablation_directions_total", directions.total)
-                tracker.client.log_metric(parent, "ablation_directions_share", 100.0 * (directions.share or 0.0))
+                metrics = {"ablation_directions_reproduced": directions.reproduced,
+                           "ablation_directions_total": directions.total,
+                           "ablation_directions_share": 100.0 * (directions.share or 0.0)}
+            figures = results / "figures" / "table6"
+            log_table_parent(results, tracking_uri, spec, scale, table_cells, artifacts, metrics,
+                             figures if figures.is_dir() else None)
         except Exception as exc:  # noqa: BLE001
             print(f"MLflow: could not attach the table ({exc}); `bikebench sync` does not attach tables", file=out)
+    from harness.drive import next_steps
+
+    print(next_steps(results, tracking_uri, html_path, track=kwargs.get("track", True)), file=out)
     return drive

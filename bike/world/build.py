@@ -267,8 +267,13 @@ def build_world(
         from bike.numerics import pinned
 
         with pinned() as numerics:  # the same checkpoint on every x86-64 CPU with AVX2
-            return _build(root, size, cfg, seed, config_hash, force, workers, progress or (lambda s: log.info(s)),
-                          numerics)
+            from bike.world.progress import BuildProgress
+
+            say = progress or BuildProgress()  # timestamped stage lines on stderr (a bar for the pretraining on a TTY)
+            try:
+                return _build(root, size, cfg, seed, config_hash, force, workers, say, numerics)
+            finally:
+                getattr(say, "close", lambda: None)()
 
 
 def _build(
@@ -302,12 +307,17 @@ def _build(
             return None
         t0 = time.perf_counter()
         pool_comps = plan.seen if cfg.pretrain_holdout_novel else plan.seen + plan.novel
+        say(f"stage 2/3: pretraining the tiny CLIP {cfg.model} contrastively on frames of {len(pool_comps)} "
+            f"compositions ({cfg.pretrain_steps} steps of {cfg.pretrain_batch}); it starts from random weights on "
+            f"purpose (no pretrained weights exist for it), saved to {ckpt.name}")
         model, stats = pretrain_clip(cfg, seed, pool_comps, progress=say)
         save_checkpoint(model, ckpt)
         timings["pretrain_s"] = round(time.perf_counter() - t0, 2)
         return {"steps": stats.steps, "final_loss": round(stats.final_loss, 4), "pool_frames": stats.pool_frames}
 
     t0 = time.perf_counter()
+    say(f"stage 1/3: rendering and writing {len(jobs)} videos (H.264 mp4)"
+        + (" in a second process while the tiny CLIP pretrains" if workers > 1 else ""))
     if workers > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
@@ -326,6 +336,8 @@ def _build(
         "multi_train": [by_job[j.rel_path] for j in plan.multi_train],
         "multi_test": [by_job[j.rel_path] for j in plan.multi_test],
     })
+    say(f"videos and checkpoint ready after {time.perf_counter() - t_start:.0f}s")
+    say("stage 3/3: measuring the tiny CLIP (zero-shot on the held-out and general splits, linear probe)")
     t0 = time.perf_counter()
     model = _load_checkpoint(cfg.model, ckpt)
     metrics = measure.measure_world(model, cfg.model, root, layout, cfg.model_frames, cfg.prompt)

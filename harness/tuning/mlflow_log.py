@@ -5,6 +5,7 @@ and the experiment/parent-run set-up are :mod:`harness.mlflow_runs`'s (shared wi
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,6 +20,7 @@ from harness.mlflow_runs import (
     artifact_location as default_artifact_location,
     experiment_id,
     parent_run,
+    study_metric_name,
 )
 from harness.tuning.result import StudyResult
 from harness.tuning.spec import SweepSpec
@@ -46,7 +48,11 @@ def log_study_to_mlflow(
     exp_name = spec.experiment or "bikebench-tune"
     location = artifact_location or default_artifact_location(tracking_uri, spec.results_dir, exp_name)
     exp_id = experiment_id(client, exp_name, location)
-    metric_key = spec.objective
+    # the objective on the tuning split, in percent like every run's metrics (``tune/fused_top1``)
+    metric_key = study_metric_name(result.split or "tune", spec.objective)
+    with warnings.catch_warnings():  # experimental in Optuna 3.x/4.x; what optuna-dashboard shows as the axis
+        warnings.simplefilter("ignore")
+        study.set_metric_names([metric_key])
     base_tags = {TAG_KIND: KIND_STUDY, TAG_STUDY: spec.study, TAG_STORAGE: result.storage}
     parent = parent_run(client, exp_id, f"study:{spec.study}", spec.study, tags=base_tags,
                         match={TAG_KIND: KIND_STUDY, TAG_STORAGE: result.storage})
@@ -63,13 +69,13 @@ def log_study_to_mlflow(
         params = {**t.params, **{k: v for k, v in t.user_attrs.items() if k in ("lam", "lam_lo", "lam_hi")}}
         child = client.create_run(
             exp_id,
-            run_name=f"{spec.study}-trial-{t.number}",
+            run_name=trial_run_name(t.number, params),
             start_time=int(t.datetime_start.timestamp() * 1000) if t.datetime_start else ts,
             tags={TAG_PARENT_RUN: parent_id, TAG_TRIAL: str(t.number), TAG_STUDY: spec.study, TAG_TUNE_ON: spec.tune_on},
         )
         client.log_batch(
             child.info.run_id,
-            metrics=[Metric(metric_key, float(t.value), ts, t.number)],
+            metrics=[Metric(metric_key, 100.0 * float(t.value), ts, 0)],
             params=[Param(k, str(v)) for k, v in params.items()],
         )
         client.set_terminated(child.info.run_id, end_time=ts)
@@ -85,7 +91,7 @@ def log_study_to_mlflow(
     client.log_batch(
         parent_id,
         metrics=[
-            Metric(f"best_{metric_key}", result.best_value, now, 0),
+            Metric(f"best_{spec.objective}", 100.0 * result.best_value, now, 0),
             Metric("best_lambda", result.best_lambda, now, 0),
             Metric("n_complete", float(result.n_complete), now, 0),
         ],
@@ -105,6 +111,31 @@ def log_study_to_mlflow(
             client.log_artifact(parent_id, str(path))
     client.set_terminated(parent_id)
     return parent_id
+
+
+def trial_run_name(number: int, params: dict[str, Any]) -> str:
+    """``#7 k=3 lam=0.42``: a trial's run named by its parameters (numbers rounded)."""
+    def fmt(v: Any) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    shown = {k: v for k, v in params.items() if k not in ("lam_lo", "lam_hi")}
+    return f"#{number} " + " ".join(f"{k}={fmt(v)}" for k, v in sorted(shown.items()))
+
+
+def study_storage_url(results: str | Path, study: str) -> str:
+    """What ``optuna-dashboard`` opens for a study under ``<results>/studies/<study>``: the storage of
+    its ``best.json``, else its SQLite file or journal (``make optuna-dashboard STUDY=...``)."""
+    import json
+
+    folder = Path(results) / "studies" / study
+    try:
+        storage = json.loads((folder / "best.json").read_text()).get("storage")
+    except (OSError, ValueError):
+        storage = None
+    if not storage:
+        journal, db = folder / "journal.log", folder / "optuna.db"
+        storage = f"journal:{journal.resolve()}" if journal.exists() else f"sqlite:///{db.resolve()}"
+    return storage[len("journal:"):] if storage.startswith("journal:") else storage
 
 
 def _param_logged(run: Any, key: str) -> bool:

@@ -86,7 +86,14 @@ def test_table6_smoke_end_to_end(tmp_path):
     exp = tracker.client.get_experiment_by_name("table6")
     parents = tracker.client.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_PARENT_KEY}` = 'table6:smoke'")
     assert len(parents) == 1
-    assert {a.path for a in tracker.client.list_artifacts(parents[0].info.run_id)} >= {"table6.md", "table6_results.json"}
+    assert {a.path for a in tracker.client.list_artifacts(parents[0].info.run_id)} >= {
+        "table6.md", "table6.html", "table6.tex", "table6_results.json"}
+    assert (results / "table6.html").read_text().lower().startswith("<!doctype html>") and "\\begin{table" in (results / "table6.tex").read_text()
+    # the parent run is the table: each cell of ours and its Δ to the paper, the spec/scale/profile/commit, ended
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.params["scale"] == "smoke" and parent.data.params["spec"] == "table6"
+    assert parent.data.metrics["6a/vcs/top1"] == pytest.approx(by_key[("6a", "vcs", "top1")]["value"])
+    assert "6a/vcs/top1/delta" in parent.data.metrics
     # the ablation directions: in the report, the results document and on the parent run
     dirs = document["directions"]
     assert dirs["total"] == 46 and 0 <= dirs["reproduced"] <= 46 and len(dirs["misses"]) == 46 - dirs["reproduced"]

@@ -46,7 +46,9 @@ def append_metrics(rd: RunDir, row: dict) -> None:
 
 
 def finish(rd: RunDir, **metrics) -> None:
-    atomic_write_json(rd.result_path, {"status": "done", "counts": {"evaluated": 10, "skipped": 0}, **metrics})
+    """A result.json as the engine writes it: the reported split's metrics, and counts."""
+    atomic_write_json(rd.result_path, {"status": "done", "counts": {"evaluated": 10, "skipped": 0}, "split": "val",
+                                       "metrics": metrics})
     rd.write_state("done")
 
 
@@ -99,7 +101,10 @@ def test_child_run_is_created_once_and_updated_incrementally(store, tmp_path):
     run = found[0]
     assert run.info.status == "FINISHED"
     assert [m.step for m in tracker2.client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3]
-    assert run.data.metrics["video_top1"] == 55.5 and run.data.metrics["counts.evaluated"] == 10
+    # the headline once, at step 0, named by split and branch; counts stay in result.json
+    assert run.data.metrics["val/video_top1"] == 55.5 and run.data.metrics["val/fused_top1"] == 60.25
+    assert not any(k.startswith("counts") for k in run.data.metrics)
+    assert [(m.step, m.value) for m in tracker2.client.get_metric_history(run.info.run_id, "val/video_top1")] == [(0, 55.5)]
     artifacts = {a.path for a in tracker2.client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "meta.json", "result.json"} <= artifacts
     parent = tracker2.parent_run("exp_incremental", "smoke")

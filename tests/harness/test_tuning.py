@@ -326,7 +326,15 @@ def test_run_study_writes_best_and_logs_to_mlflow(run_dir: Path, tmp_path: Path,
     assert parent.data.tags["bikebench.parent_key"] == f"study:{spec.study}" and parent.data.tags["bikebench.kind"] == "study"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 8 and {"k", "lam"} <= set(children[0].data.params)
-    assert parent.data.metrics["best_fused_top1"] == pytest.approx(result.best_value)
+    # percent, like every run's metrics (the study's value is a fraction); trials named by their parameters
+    assert parent.data.metrics["best_fused_top1"] == pytest.approx(100 * result.best_value)
+    trial = min(children, key=lambda r: int(r.data.tags["optuna_trial"]))
+    assert trial.info.run_name.startswith("#0 k=") and " lam=" in trial.info.run_name
+    assert set(trial.data.metrics) == {"tune/fused_top1"} and 0 <= trial.data.metrics["tune/fused_top1"] <= 100
+    import optuna
+
+    loaded = optuna.load_study(study_name=spec.study, storage=result.storage)
+    assert loaded.metric_names == ["tune/fused_top1"]
     arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"best.json", "lambda_curve.png", "optimization_history.png", "contour.png", "param_importances.png"} <= arts
     # Continuing the study logs only the new trials under the same parent.

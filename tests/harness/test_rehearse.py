@@ -1,0 +1,130 @@
+"""`bikebench rehearse`: the full-scale plan executed for real against a synthetic mirror of its data."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bike.config import RunConfig
+from bike.data.lists import read_classes, read_dataset
+from harness.cli import main
+from harness.expand import expand
+from harness.rehearse import Mirror, RehearsalOptions, rehearsal_plan
+from harness.spec import load_spec
+
+REPO = Path(__file__).resolve().parents[2]
+
+MICRO_SPEC = """
+name: micro
+family: general
+dataset:
+  name: ucf101
+  format: frame_dir
+  root: {data}/ucf101/frames
+  frame_template: "image_{{:04d}}.jpg"
+  train_list: {data}/ucf101/train_rgb_split_1.txt
+  val_list: {data}/ucf101/val_rgb_split_1.txt
+  class_file: {data}/ucf101/ucf_labels.csv
+  expected_lines: {{train: 9537, val: 3783, classes: 101}}
+model: {{backbone: bike-micro, pretrained: openai, frames: 8, resolution: 32}}
+attributes: {{generator_backbone: bike-micro, text_encoder: bike-micro, text_encoder_pretrained: openai, lexicon: k400}}
+train: {{epochs: 30, batch_size: 256}}
+eval: {{clips: 2, crops: 3}}
+variants:
+  video:
+    set: {{attributes.enabled: false}}
+    cells: [{{table: 6a, row: vcs_transf_frozen, column: top1, metric: video_top1}}]
+  bike:
+    stage: attributes
+    init_from: {{variant: video}}
+    set: {{attributes.train: true}}
+    cells: [{{table: 6e, row: trained, column: V+A, metric: fused_top1}}]
+"""
+
+
+def _spec(tmp_path: Path, text: str = MICRO_SPEC) -> Path:
+    path = tmp_path / "micro.yaml"
+    path.write_text(text.format(data=tmp_path / "absent"))
+    return path
+
+
+def test_rehearse_runs_the_full_scale_plan_with_resume_mlflow_and_report(tmp_path, capsys):
+    spec = _spec(tmp_path)
+    results = tmp_path / "results"
+    code = main(["rehearse", str(spec), "--results", str(results), "--executor", "debug", "--poll", "0.2"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    root = results / "rehearsal"
+    report = json.loads((root / "rehearsal.json").read_text())
+    assert report["ok"] and report["mlflow"] == "logged"
+    runs = {r["requested_by"][0]: r for r in report["runs"]}
+    assert set(runs) == {"micro.video", "micro.bike"}
+    for r in runs.values():
+        assert r["status"] == "done"
+        # one checkpoint and resume: stopped after step 1, resumed there, then the second step
+        assert r["preempted_at_step"] == 1 and r["resumed_at_step"] == 1 and len(r["step_s"]) == 2
+        assert r["peak_rss_mb"] > 0 and r["parameters"] > 0
+        assert r["settings"]["batch"] == 2 and r["settings"]["real_batch"] == 256
+        assert r["settings"]["views"] == "2x3"  # the real views
+        assert any("random weights" in c for c in r["changes"])
+        assert r["run_id"] != r["real_run_id"]
+    # the stage-2 run starts from the rehearsed stage-1 run, as the real plan orders them
+    video, bike = runs["micro.video"], runs["micro.bike"]
+    assert bike["dependencies"] == [video["run_id"]]
+    bike_cfg = RunConfig.from_yaml(root / "runs" / bike["run_id"] / "config.yaml")
+    assert bike_cfg.init_from == str(root / "runs" / video["run_id"])
+    assert bike_cfg.train.epochs == 30 and bike_cfg.train.max_steps == 2  # the schedule's epochs are kept
+    assert "fused_top1" in bike["metrics"]
+    # the mirror: the released file names, every class, the real list format
+    data = root / "data" / "ucf101"
+    assert (data / "ucf_labels.csv").is_file() and (data / "train_rgb_split_1.txt").is_file()
+    assert len(read_classes(bike_cfg.data)) == 101
+    records, _ = read_dataset(bike_cfg.data, "train")
+    assert len(records) == 101 * 2 and Path(records[0].path, "image_0001.jpg").is_file()
+    # MLflow went to the scratch store, the cells to a table
+    with sqlite3.connect(root / "mlflow.db") as db:
+        assert db.execute("select count(*) from runs").fetchone()[0] >= 2
+    assert "6e" in (root / "cells.md").read_text()
+    assert "rehearsal passed" in out and (root / "rehearsal.md").is_file()
+
+
+def test_unknown_class_count_is_a_clear_error(tmp_path, capsys):
+    text = MICRO_SPEC.replace("name: ucf101", "name: mydata").replace(", classes: 101", "")
+    spec = _spec(tmp_path, text)
+    code = main(["rehearse", str(spec), "--results", str(tmp_path / "results"), "--executor", "debug"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "mydata" in err and "dataset.expected_lines.classes" in err
+
+
+def test_steps_below_two_are_refused():
+    with pytest.raises(ValueError, match="--steps 1"):
+        RehearsalOptions(steps=1)
+
+
+@pytest.mark.parametrize("spec_name", ["charades", "anet", "zero_shot_half", "few_shot", "table1"])
+def test_shipped_specs_mirror_in_the_released_formats(tmp_path, spec_name):
+    """Every list the rewritten full-scale runs read parses with the released formats' readers, with the
+    real class count (and the K600 splits name classes of the class file)."""
+    spec = load_spec(REPO / "experiments" / f"{spec_name}.yaml")
+    plan = expand(spec, "full", tmp_path / "results")
+    new = rehearsal_plan(plan, RehearsalOptions(per_class=1))
+    assert new.runs
+    for run in new.runs:
+        cfg = run.config
+        assert str(tmp_path) in cfg.data.class_file
+        assert len(read_classes(cfg.data)) == Mirror.class_count(cfg)
+        for split in ("train", "val"):
+            if getattr(cfg.data, f"{split}_list") and (split == "val" or run.kind == "train"):
+                records, _ = read_dataset(cfg.data, split)
+                assert records
+        if cfg.eval.protocol == "zero_shot_k600":
+            from bike.protocols import k600_splits
+
+            splits = k600_splits(cfg.eval.k600_split_files, read_classes(cfg.data), split_size=160)
+            assert len(splits) == 3
+        for dep in run.dependencies:
+            assert cfg.init_from.endswith(dep)

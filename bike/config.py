@@ -103,7 +103,9 @@ class DataConfig(_Strict):
     test_list: Optional[str] = None
     class_file: str = Field("", description="CSV `id,name` (Charades: `c000 name` lines).")
     frame_template: str = Field("img_{:05d}.jpg", description="Frame-directory image names, 1-based index.")
-    decoder: Literal["decord", "pyav"] = "decord"
+    decoder: Literal["decord", "pyav"] = Field("pyav", description=(
+        "pyav decodes only the sampled frames, each from the keyframe before it (the same pixels as decord, "
+        "about twice as fast on prepared videos; docs/data.md); decord is the alternative."))
     num_workers: int = Field(2, ge=0)
     bad_video_threshold: float = Field(0.01, ge=0.0, le=1.0, description="Training fails past this share of bad videos.")
     skip_bad_eval: bool = Field(False, description="Evaluation skips (and reports) bad videos instead of failing.")

@@ -33,8 +33,9 @@ from bike.config import ConfigError
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv")
 MANIFEST = ".bikebench-prepare.json"
 DEFAULT_SHORT_SIDE = 320
-#: Keyframe interval (frames): a TSN sample of 8 frames from a 10 s, 30 fps clip lands ~37 frames apart.
-DEFAULT_KEYINT = 16
+#: Keyframe interval (frames): a TSN sample of 8 frames from a 10 s, 30 fps clip lands ~37 frames apart;
+#: every 8 frames the loader reaches 47 clips/s per core with the pyav decoder (every 16: 34-37; docs/data.md).
+DEFAULT_KEYINT = 8
 RECORD_EVERY = 10
 DEFAULT_TIMEOUT_MIN = 240.0
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -67,6 +67,7 @@ class Batch:
             self.bad,
             self.fallbacks,
             self.num_none,
+            self.padded,
         )
 
     def to(self, device: Union[str, torch.device], non_blocking: bool = False) -> "Batch":
@@ -78,7 +79,19 @@ class Batch:
             self.bad,
             self.fallbacks,
             self.num_none,
+            self.padded,
         )
+
+
+def _stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack``; inside a DataLoader worker straight into shared memory (as torch's default collate
+    does), so sending the batch to the main process does not copy it once more."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.stack(tensors)
+    elem = tensors[0]
+    storage = elem._typed_storage()._new_shared(len(tensors) * elem.numel(), device=elem.device)
+    out = elem.new(storage).resize_(len(tensors), *elem.shape)
+    return torch.stack(tensors, out=out)
 
 
 def collate_videos(items: Sequence[Union[VideoItem, BadItem, None, tuple]]) -> Batch:
@@ -92,7 +105,7 @@ def collate_videos(items: Sequence[Union[VideoItem, BadItem, None, tuple]]) -> B
         empty = torch.empty(0)
         return Batch(empty, empty.long(), [], empty.long(), bad, fallbacks, num_none, padded)
     clips, labels, ids, views = zip(*(tuple(it) for it in good))
-    clips_t = torch.stack(clips)
+    clips_t = _stack(clips)
     if isinstance(labels[0], torch.Tensor):
         labels_t = torch.stack(labels).to(torch.float32)
     else:
@@ -151,6 +164,15 @@ def _world() -> tuple[int, int]:
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError("distributed=True needs an initialised torch.distributed process group (or pass world_size/rank)")
     return dist.get_world_size(), dist.get_rank()
+
+
+def worker_context(dataset: Any) -> dict:
+    """DataLoader keyword for the workers' start method: ``forkserver`` when the dataset decodes with
+    PyAV, whose FFmpeg state a forked child can inherit mid-use (a worker forked after the parent used
+    PyAV, e.g. to write videos, hung in its first decode); the default ``fork`` otherwise."""
+    if getattr(dataset, "backend", None) == "pyav":
+        return {"multiprocessing_context": "forkserver"}
+    return {}
 
 
 def _worker_init(_: int) -> None:
@@ -220,7 +242,8 @@ def make_loader(
         sampler = None
     kwargs = {}
     if num_workers > 0:
-        kwargs.update(persistent_workers=True, prefetch_factor=prefetch_factor, worker_init_fn=_worker_init)
+        kwargs.update(persistent_workers=True, prefetch_factor=prefetch_factor, worker_init_fn=_worker_init,
+                      **worker_context(dataset))
     return VideoLoader(
         dataset,
         batch_size=batch_size,

@@ -73,19 +73,29 @@ def resize_short_side(x: torch.Tensor, short_side: int) -> torch.Tensor:
 
 
 def normalize(x: torch.Tensor, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD) -> torch.Tensor:
-    """0..255 ``[T, 3, H, W]`` (uint8 or float) -> ``float32 (x / 255 - mean) / std``, contiguous."""
+    """0..255 ``[T, 3, H, W]`` (uint8 or float) -> ``float32 (x / 255 - mean) / std``, contiguous.
+
+    One pass converts (and lays out contiguously) into a new tensor, two in-place passes subtract and
+    scale: the same float32 operations as ``(x.float() - 255 mean) * (1 / (255 std))``, bit for bit.
+    """
     m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * PIXEL_MAX
     inv_s = 1.0 / (torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * PIXEL_MAX)
-    return x.contiguous().to(torch.float32, copy=True).sub_(m).mul_(inv_s)  # never modifies the input
+    # never modifies the input: the conversion always writes a new tensor
+    return x.to(torch.float32, memory_format=torch.contiguous_format, copy=True).sub_(m).mul_(inv_s)
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
-    """BT.601 luma replicated to 3 channels: ``[T, 3, H, W]`` -> same shape and dtype (uint8 rounds, like PIL ``L``)."""
-    w = torch.tensor(LUMA_WEIGHTS, dtype=torch.float32).view(1, 3, 1, 1)
-    y = (x.to(torch.float32) * w).sum(dim=1, keepdim=True)
+    """BT.601 luma replicated to 3 channels: ``[T, 3, H, W]`` -> same shape and dtype (uint8 rounds, like PIL ``L``).
+
+    ``y = (r * 0.299 + g * 0.587) + b * 0.114`` in float32, per channel plane (the same operations in the
+    same order as summing ``x.float() * weights`` over the channels, ~3x faster on channels-last frames).
+    """
+    w = [torch.tensor(v, dtype=torch.float32) for v in LUMA_WEIGHTS]
+    y = x[:, 0].to(torch.float32, copy=True).mul_(w[0])
+    y.add_(x[:, 1].to(torch.float32, copy=True).mul_(w[1])).add_(x[:, 2].to(torch.float32, copy=True).mul_(w[2]))
     if x.dtype == torch.uint8:
         y = y.round_().clamp_(0, PIXEL_MAX).to(torch.uint8)
-    return y.expand(-1, 3, -1, -1)
+    return y.unsqueeze(1).expand(-1, 3, -1, -1)
 
 
 def centre_crop_box(height: int, width: int, size: int) -> tuple[int, int, int, int]:

@@ -98,9 +98,9 @@ def epoch_loader(dataset, sampler: TrainSampler, num_workers: int, seed: int) ->
     """
     kwargs = {}
     if num_workers > 0:
-        from bike.data.loader import PREFETCH_FACTOR, _worker_init
+        from bike.data.loader import PREFETCH_FACTOR, _worker_init, worker_context
 
-        kwargs.update(prefetch_factor=PREFETCH_FACTOR, worker_init_fn=_worker_init)
+        kwargs.update(prefetch_factor=PREFETCH_FACTOR, worker_init_fn=_worker_init, **worker_context(dataset))
     return VideoLoader(
         dataset,
         batch_size=sampler.batch_size,

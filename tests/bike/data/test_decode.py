@@ -156,3 +156,78 @@ def test_known_decord_bug_falls_back_to_pyav_and_is_recorded(tmp_path):
 def test_open_video_rejects_unknown_backend(videos):
     with pytest.raises(ValueError, match="expected one of"):
         open_video(rec(videos["lossless"]), "ffmpeg")
+
+
+@pytest.fixture(scope="module")
+def bframe_video(tmp_path_factory):
+    """A lossy 96-frame video with moving content and noise: B-frames (decoding order != time order)."""
+    rng = np.random.default_rng(3)
+    n, h, w = 96, 48, 64
+    yy, xx = np.mgrid[0:h, 0:w]
+    frames = np.empty((n, h, w, 3), np.uint8)
+    for t in range(n):
+        f = np.stack([(xx * 4 + 5 * t) % 256, (yy * 5 + 3 * t) % 256, (xx + yy + 7 * t) % 256], -1).astype(np.int16)
+        f += rng.integers(-8, 9, f.shape, dtype=np.int16)
+        frames[t] = np.clip(f, 0, 255)
+    path = str(write_mp4(tmp_path_factory.mktemp("bframes") / "b.mp4", frames, fps=25))
+    with av.open(path) as c:
+        pts = [p.pts for p in c.demux(video=0) if p.size]
+    assert pts != sorted(pts), "the test video needs B-frames"
+    return path
+
+
+def straight_frames(record, idx):
+    with decode.PyAVSource(record, sparse=False) as src:
+        return src.read(idx)
+
+
+@pytest.mark.parametrize(
+    "idx",
+    [[0], [95], [3, 40, 41, 77, 95], [50, 2, 50, 13, 90, 1], list(range(0, 96, 12)), list(range(5, 96, 11)), [11, 12, 13, 23, 24]],
+)
+def test_sparse_pyav_equals_straight_decoding_without_falling_back(bframe_video, idx, monkeypatch):
+    expected = straight_frames(rec(bframe_video), idx)
+    expected_trimmed = straight_frames(rec(bframe_video), [12, 42, 74])
+
+    def no_fallback(self, wanted):
+        raise AssertionError("the sparse reader fell back to straight decoding")
+
+    monkeypatch.setattr(decode.PyAVSource, "_read_straight", no_fallback)
+    got = decode_frames(rec(bframe_video), idx, "pyav")
+    np.testing.assert_array_equal(got, expected)
+    trimmed = rec(bframe_video, start=0.5, end=3.0)  # 25 fps: frames 12..74
+    np.testing.assert_array_equal(decode_frames(trimmed, [0, 30, 62], "pyav"), expected_trimmed)
+
+
+def test_sparse_pyav_skips_unwanted_non_reference_frames(bframe_video, monkeypatch):
+    """Unwanted packets are sent with skip_frame=NONREF, wanted ones in full (H.264), and far fewer
+    packets than the video has reach the decoder."""
+    from av.video.codeccontext import VideoCodecContext
+
+    modes = []
+    orig = VideoCodecContext.decode
+
+    def recording(ctx, packet=None):
+        if packet is not None:
+            modes.append(str(ctx.skip_frame))
+        return orig(ctx, packet)
+
+    try:
+        monkeypatch.setattr(VideoCodecContext, "decode", recording)
+    except TypeError:
+        pytest.skip("this PyAV's codec context cannot be wrapped")
+    decode_frames(rec(bframe_video), [30, 70], "pyav")
+    assert any("NONREF" in m for m in modes) and sum("DEFAULT" in m for m in modes) >= 2
+    assert len(modes) < 96 // 2
+
+
+def test_sparse_pyav_falls_back_to_straight_decoding_when_packets_cannot_be_indexed(bframe_video, monkeypatch):
+    idx = [4, 60, 33]
+    expected = straight_frames(rec(bframe_video), idx)
+    monkeypatch.setattr(decode.PyAVSource, "_demux", lambda self: None)
+    np.testing.assert_array_equal(decode_frames(rec(bframe_video), idx, "pyav"), expected)
+
+
+def test_pyav_and_decord_decode_the_same_pixels(bframe_video):
+    idx = [0, 17, 18, 49, 95]
+    np.testing.assert_array_equal(decode_frames(rec(bframe_video), idx, "pyav"), decode_frames(rec(bframe_video), idx, "decord"))

@@ -122,3 +122,21 @@ def test_distributed_eval_loader_uses_unpadded_sampler(records):
         assert isinstance(loader.sampler, UnpaddedDistributedSampler)
         ids += [v for b in loader for v in b.video_ids]
     assert sorted(ids) == sorted(r.video_id for r in recs[:5])
+
+
+def test_worker_batches_equal_in_process_batches_and_keep_padded_counts(records, tmp_path):
+    """Clips stacked in a worker (into shared memory) are the clips stacked in-process; the padded
+    videos survive ``pin_memory`` and ``to``."""
+    recs, _ = records
+    ds = VideoDataset(recs, cfg(), train=False)
+    inline = [b.clips for b in make_loader(ds, batch_size=4, train=False, num_workers=0, pin_memory=False)]
+    loader = make_loader(VideoDataset(recs, cfg(), train=False), batch_size=4, train=False, num_workers=1, pin_memory=False)
+    workers = [b.clips for b in loader]
+    assert len(workers) == len(inline) == 2
+    assert all(torch.equal(a, b) for a, b in zip(inline, workers))
+    short = write_mp4(tmp_path / "short.mp4", np.full((2, H, W, 3), 9, np.uint8), fps=10, lossless=True)
+    batch = collate_videos([VideoDataset([VideoRecord(str(short), 0, "s")], cfg(), train=False)[0]])
+    assert batch.padded == [(str(short), 2)]
+    assert batch.to("cpu").padded == batch.padded
+    if torch.cuda.is_available():
+        assert batch.pin_memory().padded == batch.padded

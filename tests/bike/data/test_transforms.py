@@ -139,3 +139,68 @@ def test_transforms_from_run_config():
     with pytest.raises(ValueError, match="crop position 'left' with 1 crop"):
         TestTransform(size=16, short_side=16, position="left")(np.zeros((1, 16, 16, 3), np.uint8))
     assert math.isclose(cfg.train.crop_aspect[0], 3 / 4)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The fast grayscale / normalisation (issue #17) against the formulas they replaced, written out here:
+# bit for bit, so the embedded world's clips (and the smoke table) are unchanged.
+def reference_grayscale(x):
+    w = torch.tensor((0.299, 0.587, 0.114), dtype=torch.float32).view(1, 3, 1, 1)
+    y = (x.to(torch.float32) * w).sum(dim=1, keepdim=True)
+    if x.dtype == torch.uint8:
+        y = y.round_().clamp_(0, 255.0).to(torch.uint8)
+    return y.expand(-1, 3, -1, -1)
+
+
+def reference_normalize(x):
+    m = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    inv_s = 1.0 / (torch.tensor(CLIP_STD, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+    return x.contiguous().to(torch.float32, copy=True).sub_(m).mul_(inv_s)
+
+
+def reference_train_transform(tf, frames, generator):
+    """Table A.1 train augmentation step by step: short-side resize, crop, resize, flip, gray, normalise."""
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2)
+    h, w = short_side_size(x.shape[-2], x.shape[-1], tf.short_side)
+    x = torch.nn.functional.interpolate(x, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
+    params = tf.draw(h, w, generator)
+    top, left, bh, bw = params["box"]
+    x = torch.nn.functional.interpolate(
+        x[..., top : top + bh, left : left + bw], size=(tf.size, tf.size), mode="bicubic", align_corners=False, antialias=True
+    )
+    if params["flip"]:
+        x = x.flip(-1)
+    if params["gray"]:
+        x = reference_grayscale(x)
+    return reference_normalize(x)
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+def test_grayscale_equals_the_summed_formula_for_every_colour(layout):
+    v = torch.arange(256, dtype=torch.uint8)
+    for red in torch.arange(256, dtype=torch.uint8).split(64):  # all 2^24 colours, a quarter at a time
+        r, g, b = torch.meshgrid(red, v, v, indexing="ij")
+        x = torch.stack([r, g, b]).reshape(1, 3, 64 * 16, 4096)
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        assert torch.equal(grayscale(x), reference_grayscale(x))
+    f = torch.rand(2, 3, 5, 7) * 255
+    assert torch.equal(grayscale(f), reference_grayscale(f))
+
+
+def test_normalize_equals_the_reference_and_leaves_its_input_alone():
+    u8 = torch.randint(0, 256, (3, 20, 24, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for x in (u8.permute(0, 3, 1, 2), u8.permute(0, 3, 1, 2)[:, :1].expand(-1, 3, -1, -1), u8.permute(0, 3, 1, 2).float()):
+        before = x.clone()
+        y = normalize(x)
+        assert y.is_contiguous() and y.dtype == torch.float32
+        assert torch.equal(y, reference_normalize(x)) and torch.equal(x, before)
+
+
+@pytest.mark.parametrize("shape,size,short", [((8, 240, 320, 3), 224, 256), ((8, 64, 64, 3), 64, 73), ((4, 90, 60, 3), 32, 36)])
+def test_train_transform_equals_the_step_by_step_reference(shape, size, short):
+    frames = np.random.default_rng(7).integers(0, 256, shape, dtype=np.uint8)
+    tf = TrainTransform(size=size, short_side=short, grayscale_p=0.5)
+    for seed in range(12):
+        got = tf(frames, torch.Generator().manual_seed(seed))
+        assert torch.equal(got, reference_train_transform(tf, frames, torch.Generator().manual_seed(seed)))

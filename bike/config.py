@@ -36,26 +36,32 @@ def _admits_bool(annotation: Any) -> bool:
     return any(_admits_bool(a) for a in args) if args else False
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+class StrictInputModel(BaseModel):
+    """Pydantic base of every validated input (run configs, experiment and sweep specs): unknown fields
+    are errors, a bool is accepted only where the field is a bool (``batch_size: true`` is not 1), and
+    floats must be finite (``epochs: .inf`` never reaches a job)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     @field_validator("*", mode="before")
     @classmethod
     def _no_bool_as_number(cls, value: Any, info: Any) -> Any:
-        """``batch_size: true`` is not 1: a bool is accepted only where the field is a bool."""
         if isinstance(value, bool) and info.field_name in cls.model_fields:
             if not _admits_bool(cls.model_fields[info.field_name].annotation):
-                raise ValueError("expected a number, not a boolean")
+                raise ValueError("expected a number or a string, not a boolean")
         return value
 
     @field_validator("*", mode="after")
     @classmethod
     def _finite_numbers(cls, value: Any) -> Any:
-        """``epochs: .inf`` or ``lr_new: .nan`` never reach a job."""
         items = value if isinstance(value, tuple) else (value,)
         if any(isinstance(v, float) and not math.isfinite(v) for v in items):
             raise ValueError("expected a finite number")
         return value
+
+
+class _Strict(StrictInputModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
 
 # Switches whose value depends on the fidelity profile: (section, field) -> {profile: value}.

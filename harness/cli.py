@@ -420,7 +420,7 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
 
 def status_rows(results: Path, plan: Optional[Any] = None) -> list[dict[str, str]]:
     """One row per run: run id, status, job id, what asked for it."""
-    from harness.executor import run_status, sacct_states
+    from harness.executor import format_duration, run_status, sacct_states
     from harness.rundir import RunDir, list_run_dirs
 
     dirs = [RunDir(r.run_dir) for r in plan.runs] if plan is not None else list_run_dirs(results)
@@ -443,7 +443,7 @@ def status_rows(results: Path, plan: Optional[Any] = None) -> list[dict[str, str
         rows.append({"run_id": rd.run_id, "state": state, "job": f"{sub.get('cluster', '')}:{sub.get('job_id', '')}" if sub else "",
                      "scale": str(meta.get("scale", plan.scale if plan is not None else "")), "requested_by": who,
                      "reason": reason.splitlines()[0][:120] if reason else "",
-                     "elapsed": _duration(result.get("elapsed_s")), "headline": _headline(result)})
+                     "elapsed": format_duration(result.get("elapsed_s")), "headline": _headline(result)})
     return rows
 
 
@@ -459,18 +459,6 @@ def _headline(result: dict) -> str:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return f"{name} {value:.2f}"
     return ""
-
-
-def _duration(seconds: Any) -> str:
-    """``14s``, ``3m05s``, ``2h03m``; ``""`` when unknown."""
-    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds < 0:
-        return ""
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
 def _table_order(results: Path):

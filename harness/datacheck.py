@@ -281,14 +281,9 @@ def run_array(shards: list[CheckShard], executor: str, resources: Any, folder: P
               log: Callable[[str], None]) -> list[list[dict[str, Any]]]:
     """Submit the shards as ONE submitit job array, wait, return each task's rows (a failed task: its
     fragment file, if it wrote one; the failure is reported)."""
-    from harness.executor import local_parameters, make_executor, slurm_parameters
+    from harness.executor import executor_parameters, make_executor
 
-    if executor == "slurm":
-        params = slurm_parameters(resources, job_name="bikebench-datacheck")
-    elif executor == "local":
-        params = local_parameters(resources)
-    else:
-        params = {"timeout_min": resources.timeout_min}
+    params = executor_parameters(executor, resources, "bikebench-datacheck")
     ex = make_executor(executor, folder / "%j", resources, params)
     with ex.batch():
         jobs = [ex.submit(s) for s in shards]

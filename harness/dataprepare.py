@@ -258,18 +258,13 @@ def prepare(src: str | Path, dst: str | Path, settings: PrepareSettings = Prepar
 
 def _run_array(shards: Sequence[PrepareShard], executor: str, resources: Any, dst: Path, poll_s: float,
                log: Callable[[str], None]) -> list[dict[str, Any]]:
-    from harness.executor import invocation_folder, local_parameters, make_executor, slurm_parameters
+    from harness.executor import executor_parameters, invocation_folder, make_executor
     from harness.spec import ResourceSpec
 
     res = resources or ResourceSpec(timeout_min=DEFAULT_TIMEOUT_MIN)
     if res.timeout_min is None:
         res = res.merged(ResourceSpec(timeout_min=DEFAULT_TIMEOUT_MIN))
-    if executor == "slurm":
-        params = slurm_parameters(res, job_name="bikebench-prepare")
-    elif executor == "local":
-        params = local_parameters(res)
-    else:
-        params = {"timeout_min": res.timeout_min}
+    params = executor_parameters(executor, res, "bikebench-prepare")
     folder = invocation_folder(dst / ".bikebench-prepare-jobs")
     ex = make_executor(executor, folder / "%j", res, params)
     with ex.batch():

@@ -137,6 +137,19 @@ def local_parameters(resources: ResourceSpec) -> dict[str, Any]:
     return params
 
 
+def executor_parameters(cluster: str, resources: ResourceSpec, job_name: str,
+                        dependency: Sequence[str] = ()) -> dict[str, Any]:
+    """submitit parameters of a job (or job array) on ``cluster``: :func:`slurm_parameters`,
+    :func:`local_parameters`, or for the debug executor the time limit only."""
+    if cluster == "slurm":
+        return slurm_parameters(resources, job_name=job_name, dependency=dependency)
+    if cluster == "local":
+        return local_parameters(resources)
+    if cluster == "debug":
+        return {"timeout_min": resources.timeout_min}
+    raise ValueError(f"executor: got {cluster!r}; expected one of 'local', 'slurm' or 'debug'")
+
+
 def make_executor(cluster: str, folder: Path, resources: ResourceSpec, parameters: Mapping[str, Any]) -> submitit.Executor:
     """A submitit executor for the named cluster (never auto-detected)."""
     max_timeouts = resources.max_num_timeout if resources.max_num_timeout is not None else 3
@@ -263,12 +276,7 @@ class Runner:
         return run.resources.merged(self.resources_override)
 
     def parameters(self, run: PlannedRun, dependency: Sequence[str] = ()) -> dict[str, Any]:
-        res = self.resources(run)
-        if self.cluster == "slurm":
-            return slurm_parameters(res, job_name=f"bike-{run.requested_by[0][0]}", dependency=dependency)
-        if self.cluster == "local":
-            return local_parameters(res)
-        return {"timeout_min": res.timeout_min}
+        return executor_parameters(self.cluster, self.resources(run), f"bike-{run.requested_by[0][0]}", dependency)
 
     def job_threads(self, run: PlannedRun) -> Optional[int]:
         """torch threads per job: ``cpus_per_task`` when set; local jobs share the cores of this

@@ -9,11 +9,11 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, Field, PrivateAttr, field_validator
 
 from bike.config import (
     MAX_SEED,
-    _admits_bool,
+    StrictInputModel,
     AttributesConfig,
     DataConfig,
     EvalConfig,
@@ -127,23 +127,8 @@ def parse_slurm_time(value: Union[int, str]) -> int:
 
 
 # ---------------------------------------------------------------------------------- spec models
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_as_number(cls, value: Any, info: Any) -> Any:
-        if isinstance(value, bool) and info.field_name in cls.model_fields:
-            if not _admits_bool(cls.model_fields[info.field_name].annotation):
-                raise ValueError("expected a number or a string, not a boolean")
-        return value
-
-    @field_validator("*", mode="after")
-    @classmethod
-    def _finite_numbers(cls, value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError("expected a finite number")
-        return value
+class _Strict(StrictInputModel):
+    """Spec models: no unknown fields, no bool for a number, finite floats (``bike.config.StrictInputModel``)."""
 
 
 class SlurmSpec(_Strict):

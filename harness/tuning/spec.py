@@ -11,7 +11,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bike.config import MAX_SEED, ConfigError, RunConfig, _admits_bool, short_repr
+from bike.config import MAX_SEED, ConfigError, RunConfig, StrictInputModel, short_repr
 from harness.spec import ResourceSpec
 from harness.spec.load import read_strict_yaml
 from harness.spec.models import name_problem, text_problem
@@ -26,22 +26,14 @@ OBJECTIVE_METRIC = {"fused_top1": "top1", "fused_mean_class": "mean_class"}
 
 
 # ==================================================================================== sweep spec
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+class _Strict(StrictInputModel):
+    """Sweep models: frozen ``bike.config.StrictInputModel``s whose texts are checked too."""
 
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_as_number(cls, value: Any, info: Any) -> Any:
-        if isinstance(value, bool) and info.field_name in cls.model_fields:
-            if not _admits_bool(cls.model_fields[info.field_name].annotation):
-                raise ValueError("expected a number or a string, not a boolean")
-        return value
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
     @field_validator("*", mode="after")
     @classmethod
-    def _finite_text(cls, value: Any, info: Any) -> Any:
-        if isinstance(value, float) and not np.isfinite(value):
-            raise ValueError("expected a finite number")
+    def _clean_text(cls, value: Any, info: Any) -> Any:
         if isinstance(value, str):
             why = text_problem(value, free=info.field_name == "description")
             if why:

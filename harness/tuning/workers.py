@@ -223,15 +223,12 @@ def _error_summary(error: BaseException) -> str:
 def worker_parameters(executor: str, resources: ResourceSpec, job_name: str) -> dict[str, Any]:
     """submitit parameters of the worker array (``harness.executor.slurm_parameters`` /
     ``local_parameters``; the debug executor records the limit only)."""
-    from harness.executor import local_parameters, slurm_parameters
+    from harness.executor import executor_parameters
 
-    if executor == "slurm":
-        return slurm_parameters(resources, job_name=job_name)
-    if executor == "local":
-        return local_parameters(resources)
-    if executor == "debug":
-        return {"timeout_min": resources.timeout_min}
-    raise SweepSpecError(f"executor: got {executor!r}; expected one of 'local', 'slurm' or 'debug'")
+    try:
+        return executor_parameters(executor, resources, job_name)
+    except ValueError as exc:
+        raise SweepSpecError(str(exc)) from None
 
 
 def worker_threads(executor: str, resources: ResourceSpec, workers: int) -> Optional[int]:

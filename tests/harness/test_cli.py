@@ -80,7 +80,7 @@ def _plan(spec_file, results):
 
 
 def test_status_durations():
-    from harness.cli import _duration
+    from harness.executor import format_duration as _duration
 
     assert [_duration(x) for x in (None, 14.2, 185, 7380, -1)] == ["", "14s", "3m05s", "2h03m", ""]
 
@@ -102,7 +102,7 @@ def test_run_status_and_sync(spec_file, tmp_path, capsys, fake_engine_kinds):
     frames = {v: yaml.safe_load((Path(r.run_dir) / "config.yaml").read_text())["model"]["frames"]
               for v, r in ((r.requested_by[0][1], r) for r in _plan(spec_file, results).runs)}
     for variant, n in frames.items():  # elapsed and the headline metric of each finished run
-        from harness.cli import _duration
+        from harness.executor import format_duration as _duration
 
         assert f"{_duration(61.4 * n)}  top1 {10.0 * n:.2f}" in rows[f"clidemo.{variant}"]
     uri = default_tracking_uri(results)

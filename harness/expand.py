@@ -226,6 +226,8 @@ class _Expander:
         dependency: Optional[str] = None
         if self.scale not in v.run_at:
             reason = v.not_run_note or f"variant {variant!r} does not run at scale {self.scale}"
+        elif isinstance(v.init_from, str) and v.source_url and not Path(v.init_from).expanduser().exists():
+            reason = f"{v.init_from} not found: download it from {v.source_url}"
         elif isinstance(v.init_from, InitFromSpec):
             dep_spec = spec
             if v.init_from.spec is not None:

@@ -308,7 +308,7 @@ def zoo_rows(spec: Any, scale: str = "full") -> list[ZooRow]:
     rows = []
     for name, v in spec.variants.items():
         text = v.description
-        url = next(iter(re.findall(r"https?://\S+", text)), "")
+        url = v.source_url or next(iter(re.findall(r"https?://\S+", text)), "")
         if isinstance(v.init_from, str):
             file = v.init_from
         else:

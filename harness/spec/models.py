@@ -278,6 +278,9 @@ class VariantSpec(_Strict):
     set: dict[str, Any] = Field(default_factory=dict, description="Dotted overrides, e.g. model.interaction: mean.")
     scales: dict[ScaleName, dict[str, Any]] = Field(default_factory=dict)
     init_from: Union[InitFromSpec, str, None] = None
+    source_url: str = Field("", description=(
+        "Where the released file that init_from names can be downloaded (the model zoo): while the file is "
+        "missing the variant is not run and its cells say where to get it, instead of failing the plan."))
     cells: list[CellSpec] = Field(default_factory=list)
     run_at: list[ScaleName] = Field(default_factory=lambda: list(SCALES), description="Scales where it runs.")
     not_run_note: str = Field("", description="Why the variant does not run at the other scales.")

@@ -209,6 +209,22 @@ def plan_cost(plan: Any, tables: Sequence[PaperTable]) -> dict[str, Any]:
             "total": {"runs": len(costs), "gpu_hours": round(total, 2), "gpu_hours_with_requeues": round(worst, 2)}}
 
 
+def not_run_text(plan: Any, tables: Sequence[PaperTable]) -> str:
+    """The cells of ``tables`` no run of the plan fills, one line per variant with its cells and reason
+    (e.g. a released checkpoint to download first, a backbone the embedded world has no weights for)."""
+    wanted = {rt for t in tables for rt in t.registry_tables}
+    by_variant: dict[tuple[str, Optional[str], str], list[str]] = {}
+    for c in plan.not_run:
+        if c.table in wanted:
+            by_variant.setdefault((c.spec, c.variant, c.reason), []).append(f"{c.table}/{c.row}/{c.column}")
+    if not by_variant:
+        return "Every cell of the table(s) has a run in the plan."
+    lines = [f"Not run ({sum(len(v) for v in by_variant.values())} cell(s)):"]
+    for (spec, variant, reason), cells in by_variant.items():
+        lines.append(f"  {spec}.{variant or '(paper only)'} [{', '.join(cells)}]: {reason}")
+    return "\n".join(lines)
+
+
 def cost_text(cost: Mapping[str, Any], tables: Sequence[PaperTable]) -> str:
     lines = ["", "Cost (GPUs x time limit per run; a run shared by tables counts in each table, once in the total):"]
     for t in tables:
@@ -364,6 +380,7 @@ def run_tables(
                       log=lambda m: print(m, file=out), **kwargs)
     if dry_run:
         if kwargs.get("show", "text") == "text":
+            print(not_run_text(drive.plan, tables), file=out)
             print(cost_text(plan_cost(drive.plan, tables), tables), file=out)
         return drive, []
     outputs = []

@@ -159,3 +159,24 @@ def test_zoo_dry_run_lists_every_row_with_its_file(tmp_path, capsys, monkeypatch
     rows = {z.variant: z for z in rows_of(load_spec("experiments/zoo.yaml"))}
     assert rows["k400_vitb16_f8"].exists and not rows["k400_vitl14_f8"].exists
     assert rows["k400_vitl14_f8"].url.startswith("https://") and rows["k400_vitb32_va"].kind == "scores"
+
+
+def test_table_zoo_dry_run_lists_every_row_with_its_file_and_url(tmp_path, capsys, monkeypatch):
+    """`bikebench table zoo --scale full --dry-run`: every released-checkpoint row that is not there is
+    listed with its file and where to download it; the one that is there is planned."""
+    from harness.importer import zoo_rows as rows_of
+    from harness.spec import load_spec
+
+    folder = tmp_path / "ckpts"
+    folder.mkdir()
+    (folder / "k400-vit-b-16-f8.pt").write_bytes(b"")
+    monkeypatch.setenv("BIKE_CHECKPOINTS", str(folder))
+    assert main(["table", "zoo", "--scale", "full", "--dry-run", "--results", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    rows = rows_of(load_spec("experiments/zoo.yaml"))
+    assert len(rows) >= 14
+    for z in rows:
+        if z.kind == "checkpoint" and not z.exists:
+            assert f"zoo.{z.variant} [" in out and f"{z.file} not found: download it from {z.url}" in out
+    assert "zoo.k400_vitb16_f8 [" not in out and "zoo.k400_vitb16_f8" in out  # planned, not listed as not run
+    assert "GPU-hours" in out

@@ -134,7 +134,10 @@ def next_steps(results: Path, tracking_uri: Optional[str] = None, html: Optional
             uri = resolve_tracking_uri(tracking_uri, results)
         except Exception:  # noqa: BLE001 - the hint must not fail the table
             uri = "`bikebench mlflow-uri`"
-        lines.append(f"  MLflow ({uri}):  make mlflow-ui, then http://127.0.0.1:5000")
+        from harness.mlflow_runs import runs_view_link
+
+        lines.append(f"  MLflow ({uri}):  make mlflow-ui (bikebench ui prints each experiment's runs view), "
+                     f"then {runs_view_link('http://127.0.0.1:5000')}")
     else:
         lines.append("  MLflow:  not logged (--no-track); `bikebench sync` logs the runs later")
     lines += ["  regression check against the baseline:  make check   (bikebench check)",

@@ -42,16 +42,17 @@ FRAMES = 8
 RESULTS: dict[str, float] = {}
 
 
-def synthetic_video(seed: int) -> np.ndarray:
-    """``uint8 [SECONDS * FPS, 240, 320, 3]``: a drifting gradient, two moving boxes and mild noise."""
+def synthetic_video(seed: int, seconds: int = SECONDS, fps: int = FPS, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
+    """``uint8 [seconds * fps, height, width, 3]``: a drifting gradient, two moving boxes and mild noise
+    (also the source videos of ``test_bench_prepare.py``)."""
     rng = np.random.default_rng(seed)
-    n = SECONDS * FPS
-    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH]
-    out = np.empty((n, HEIGHT, WIDTH, 3), np.uint8)
+    n = seconds * fps
+    yy, xx = np.mgrid[0:height, 0:width]
+    out = np.empty((n, height, width, 3), np.uint8)
     for t in range(n):
         frame = np.stack([(xx + 2 * t) % 256, (yy + t) % 256, ((xx + yy) // 2 + 3 * t) % 256], -1).astype(np.int16)
         for k, (vy, vx) in enumerate(((1, 2), (2, -3))):
-            y0, x0 = (40 + vy * t) % (HEIGHT - 50), (60 + vx * t) % (WIDTH - 60)
+            y0, x0 = (40 + vy * t) % (height - 50), (60 + vx * t) % (width - 60)
             frame[y0 : y0 + 50, x0 : x0 + 60] = (200, 40 + 100 * k, 90)
         frame += rng.integers(-6, 7, frame.shape, dtype=np.int16)
         out[t] = np.clip(frame, 0, 255)

@@ -4,7 +4,7 @@ Run: ``python -m pytest -q benchmarks/test_bench_prepare.py --benchmark-enable -
 
 Both re-encode the same synthetic videos (480x360, 3 s at 25 fps) to the recipe's short side 320 in
 this process. *Prepared* is ``harness.dataprepare``'s setting (x264 veryfast, one thread, a keyframe
-every 16 frames, no scene cuts); *plain* is x264's defaults (preset medium, keyframes every 250
+every 8 frames, no scene cuts); *plain* is x264's defaults (preset medium, keyframes every 250
 frames, every core). Per core = videos / CPU seconds of this process (all its threads), so a
 multi-threaded encoder is not flattered by the cores it used. Each output's sparse access (8 TSN
 test frames with decord, the run's decoder) is timed too: what the keyframe interval buys.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import pytest
 
 from bike.data.decode import decode_frames
@@ -22,30 +21,17 @@ from bike.data.lists import VideoRecord
 from bike.data.sampling import tsn_test_indices
 from bike.data.video_io import write_mp4
 from harness.dataprepare import PLAIN, PrepareSettings, encode_one, find_videos, output_name
+from test_bench_data import synthetic_video  # the benchmarks' one synthetic video (benchmarks/ is on sys.path)
 
 SECONDS, FPS, HEIGHT, WIDTH, NUM_VIDEOS = 3, 25, 360, 480, 3
 RESULTS: dict[str, dict[str, float]] = {}
-
-
-def _video(seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    n = SECONDS * FPS
-    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH]
-    out = np.empty((n, HEIGHT, WIDTH, 3), np.uint8)
-    for t in range(n):
-        frame = np.stack([(xx + 3 * t) % 256, (yy + t) % 256, ((xx + yy) // 2 + 2 * t) % 256], -1).astype(np.int16)
-        y0, x0 = (40 + 2 * t) % (HEIGHT - 80), (60 + 3 * t) % (WIDTH - 90)
-        frame[y0:y0 + 80, x0:x0 + 90] = (200, 60, 90)
-        frame += rng.integers(-6, 7, frame.shape, dtype=np.int16)
-        out[t] = np.clip(frame, 0, 255)
-    return out
 
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     src = tmp_path_factory.mktemp("prepare_src")
     for i in range(NUM_VIDEOS):
-        write_mp4(src / f"v{i}.mp4", _video(i), fps=FPS)
+        write_mp4(src / f"v{i}.mp4", synthetic_video(i, SECONDS, FPS, HEIGHT, WIDTH), fps=FPS)
     decode_frames(VideoRecord(path=str(src / "v0.mp4"), label=0, video_id="v0"), [0], backend="decord")  # warm decord
     return src
 

@@ -12,12 +12,13 @@ the same loss over the global batch, appendix A.6).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass
 from datetime import timedelta
 from itertools import product
-from typing import Optional
+from typing import Any, Callable, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -26,6 +27,7 @@ import torch.distributed as dist
 SLURM_PORT_BASE = 15000
 SLURM_PORT_SPAN = 20000
 DEFAULT_TIMEOUT = timedelta(minutes=30)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,28 @@ def barrier() -> None:
     """Wait for every rank (no-op in a single process)."""
     if _active() and world_size() > 1:
         dist.barrier()
+
+
+def leaves_process_group(fn: Callable[..., T]) -> Callable[..., T]:
+    """Decorate an entry point that may join a process group (``bike.train.run``, ``bike.evaluate.run``).
+
+    When the call returns, a group that did not exist before it is left with :func:`shutdown` (barrier,
+    then destroy), so no gloo/NCCL/TCPStore thread outlives the run: a task that exits with its group
+    alive leaves those threads to interpreter teardown, whose documented failure is an abort after the
+    results are written ("terminate called without an active exception", pytorch#190489). A group the
+    caller created is left to the caller; after an exception the group is not touched (a barrier would
+    wait for the ranks that are still working).
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        created_here = not _active()
+        result = fn(*args, **kwargs)
+        if created_here:
+            shutdown()
+        return result
+
+    return wrapper
 
 
 def shutdown() -> None:

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 
 from bike.config import RunConfig
-from bike.distributed import barrier, init_distributed
+from bike.distributed import barrier, init_distributed, leaves_process_group
 from bike.engine import runner
 from bike.engine.logging import RunLogger
 
@@ -31,6 +31,7 @@ def _selection_value(metrics: dict, multi_label: bool, key_prefix: str) -> Optio
 
 
 @runner.with_numerics
+@leaves_process_group
 def run(
     config: RunConfig,
     run_dir: Path,

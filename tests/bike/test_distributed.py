@@ -158,3 +158,78 @@ def test_shutdown_without_a_group_is_a_no_op():
 
     shutdown()  # nothing to leave: must not raise
     assert not (torch.distributed.is_available() and torch.distributed.is_initialized())
+
+
+# ------------------------------------------------------------------ leaving the group at the end of a run
+#: Thread names of the c10d gloo backend and of the TCPStore (rank 0 serves it), as /proc shows them.
+C10D_THREADS = ("gloo_tcp_loop", "pt_gloo_runloop", "pt_tcpstore_uv")
+
+
+def _threads() -> list[str]:
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                names.append(f.read().strip())
+        except OSError:
+            pass
+    return names
+
+
+@bd.leaves_process_group
+def _a_run(fail: bool) -> float:
+    """What bike.train.run / bike.evaluate.run do with the group: join it from the environment, talk."""
+    bd.init_distributed(backend="gloo")
+    total = bd.gather_with_grad(torch.ones(1, 2) * (bd.rank() + 1)).sum().item()
+    if fail:
+        raise RuntimeError("this run failed")
+    return total
+
+
+def _leave_worker(rank: int, port: int, out_dir: str) -> None:
+    for key in ENV_KEYS:
+        os.environ.pop(key, None)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    dist = torch.distributed
+    seen: dict = {}
+    # 1. the run created the group: it is gone when the run returns, with every c10d thread
+    seen["total"] = _a_run(False)
+    seen["after_run"] = (dist.is_initialized(), sorted(t for t in _threads() if t in C10D_THREADS))
+    # 2. a group the caller made is the caller's: still there after the run
+    bd.init_distributed(backend="gloo")
+    _a_run(False)
+    seen["caller_group_kept"] = dist.is_initialized()
+    bd.shutdown()
+    # 3. a failed run leaves its group alone (no barrier waiting for ranks still at work)
+    try:
+        _a_run(True)
+    except RuntimeError:
+        pass
+    seen["after_failure"] = dist.is_initialized()
+    dist.destroy_process_group()
+    torch.save(seen, os.path.join(out_dir, f"leave-rank{rank}.pt"))
+
+
+@pytest.mark.distributed
+def test_a_run_leaves_the_group_it_created_and_its_threads(tmp_path):
+    mp.spawn(_leave_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    for rank in range(WORLD):
+        seen = torch.load(tmp_path / f"leave-rank{rank}.pt")
+        assert seen["total"] == 2 * (1 + 2)  # [1, 1] from rank 0, [2, 2] from rank 1: the group was real
+        assert seen["after_run"] == (False, [])
+        assert seen["caller_group_kept"] is True
+        assert seen["after_failure"] is True
+
+
+def test_the_engine_entry_points_leave_their_group():
+    import bike.evaluate
+    import bike.train
+
+    for run in (bike.train.run, bike.evaluate.run):
+        chain = []
+        fn = run
+        while fn is not None:
+            chain.append(fn.__code__.co_qualname)
+            fn = getattr(fn, "__wrapped__", None)
+        assert "leaves_process_group.<locals>.wrapper" in chain, (run.__module__, chain)

@@ -133,16 +133,13 @@ def test_two_srun_tasks_train_like_one_process(slurm_executor, job_dir: Path) ->
         assert torch.allclose(torch.tensor(r["bias"]), torch.tensor(reference["bias"]), atol=1e-5)
         assert r["losses"] == pytest.approx(reference["losses"], abs=1e-5)
     assert not torch.allclose(torch.tensor(reference["weight"]), torch.tensor(initial["weight"]), atol=1e-3)
-    # both tasks left the process group and exited. Known exception: under CI load a gloo task has
-    # (twice) aborted in interpreter teardown, after returning its result ("terminate called without
-    # an active exception"); the harness reads result.json, not the exit code, so only that abort is
-    # tolerated, and only when the task logs hold nothing else.
+    # both tasks left the process group (bike.distributed.shutdown: barrier, destroy) and exited cleanly:
+    # no c10d thread is left for interpreter teardown to abort on, so the step must be COMPLETED
     from tests.slurm.slurm_util import sacct_state
 
     wait_for(lambda: sacct_state(job.job_id).split(" ")[0] not in ("", "PENDING", "RUNNING", "COMPLETING"),
              2 * SETTLE_S, f"job {job.job_id} to end in sacct")
     state = sacct_state(job.job_id)
-    if not state.startswith("COMPLETED"):
-        errs = "".join(p.read_text() for p in Path(job.paths.stderr).parent.glob(f"{job.job_id}_*_log.err"))
-        assert state.startswith("FAILED") and "terminate called without an active exception" in errs, (state, errs)
-        assert "Traceback" not in errs, errs
+    errs = "".join(p.read_text() for p in Path(job.paths.stderr).parent.glob(f"{job.job_id}_*_log.err"))
+    assert state.startswith("COMPLETED"), (state, errs)
+    assert "terminate called" not in errs and "Traceback" not in errs, errs

@@ -266,13 +266,44 @@ class EvalConfig(_Strict):
     zero_shot_ties: Literal["torch_topk", "lowest_index"] = Field(profile_default("eval", "zero_shot_ties"), description=(
         "Zero-shot top-k among equal scores: as the released accuracy() (`torch_topk`: the first k of "
         "torch.topk(scores, 5)) or the lower class index first (`lowest_index`)."))
-    k600_split_files: list[str] = Field(default_factory=list)
+    k600_split_files: list[str] = Field(default_factory=list, description=(
+        "Kinetics-600 zero-shot class files, one per split: the released `k160_labels_split{1,2,3}.csv` (`id,name`, "
+        "160 K600 class names). Without k600_split_lists they name subsets of data.class_file's classes; with it, "
+        "file i is split i's own class file."))
+    k600_split_lists: Optional[list[str]] = Field(None, description=(
+        "Kinetics-600 zero-shot video lists, one per split, as the authors evaluate (the released "
+        "`test_split{1,2,3}_exist.txt`, labels indexing k600_split_files[i]). When set, zero_shot_k600 scores list i "
+        "against the classes of k600_split_files[i] (a closed 160-way evaluation per split, read like data.val_list: "
+        "data.format, data.val_root or data.root) and reports mean and population std over the splits; null or "
+        "empty (the default; an empty list is stored as null, so existing run ids stay as they were): data.val_list "
+        "against data.class_file, with k600_split_files as class subsets."))
     batch_size: int = Field(32, ge=1)
     save_frame_embeddings: bool = False
     split: Literal["val", "test", "tune"] = "val"
     figures: int = Field(8, ge=0, description=(
         "Sample videos of `split` drawn in the run's pictures (<run_dir>/figures/: temporal saliency, generated "
         "attributes; bike.engine.figures); 0: no pictures."))
+
+    @field_validator("k600_split_lists", mode="after")
+    @classmethod
+    def _no_split_lists_is_null(cls, value: Optional[list[str]]) -> Optional[list[str]]:
+        return value or None
+
+    @model_validator(mode="after")
+    def _k600_split_lists_pair_with_their_class_files(self) -> "EvalConfig":
+        lists, files = self.k600_split_lists, self.k600_split_files
+        if not lists:
+            return self
+        if self.protocol != "zero_shot_k600":
+            raise ValueError(f"eval.k600_split_lists: got {len(lists)} list(s) with eval.protocol={self.protocol!r}; "
+                             "the split lists are read by eval.protocol zero_shot_k600 only (expected an empty list)")
+        if len(lists) != len(files):
+            raise ValueError(f"eval.k600_split_lists: got {len(lists)} list(s) but eval.k600_split_files has {len(files)} "
+                             "class file(s); expected one class file per split list (list i is labelled by file i)")
+        if self.split == "tune":
+            raise ValueError("eval.k600_split_lists: eval.split 'tune' is held out of the training list; the split lists "
+                             "replace the val or test list: expected eval.split val or test")
+        return self
 
 
 class NumericsConfig(_Strict):

@@ -4,10 +4,13 @@ Weights come from ``init_from`` (a checkpoint file, or a run directory: its best
 latest); without it the pretrained CLIP is evaluated as it is (zero-shot). The protocol is
 ``eval.protocol``: ``closed`` (top-1/5, mean class accuracy; video, attributes and fused), ``multi_label``
 (mAP, and the authors' running mAP beside it), ``zero_shot_full``, ``zero_shot_half`` (10 half-class
-splits, mean ± population std), ``zero_shot_k600`` (split files). Views: ``eval.clips × eval.crops``.
+splits, mean ± population std), ``zero_shot_k600`` (the released split lists ``eval.k600_split_lists``: one
+evaluation per split against its own class file, mean ± population std; without them, split files as class
+subsets of one list). Views: ``eval.clips × eval.crops``.
 
-``run(config, run_dir)`` writes ``config.yaml``, ``log.txt``, ``metrics.jsonl``, ``cache/<split>/`` and
-``result.json``, and returns the stored result when ``result.json`` already says done.
+``run(config, run_dir)`` writes ``config.yaml``, ``log.txt``, ``metrics.jsonl``, ``cache/<split>/`` (K600 split
+lists: ``cache/<split>_k600_split{1,2,3}/``) and ``result.json``, and returns the stored result when
+``result.json`` already says done.
 
 ``load_run_model(run_dir)`` gives a finished run's model, built and loaded as the engine does, for
 inference outside the engine.
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NamedTuple, Optional, Sequence
 
 from bike.config import RunConfig
-from bike.distributed import barrier, init_distributed
+from bike.distributed import barrier, init_distributed, leaves_process_group
 from bike.engine import runner
 from bike.engine.logging import RunLogger
 
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
 
 
 @runner.with_numerics
+@leaves_process_group
 def run(
     config: RunConfig,
     run_dir: Path,
@@ -38,7 +42,7 @@ def run(
     """Evaluate ``config`` into ``run_dir`` and return the result dict (see module docstring)."""
     from bike.engine.attributes_cache import ensure_attributes
     from bike.engine.datasets import class_names, split_records
-    from bike.engine.eval_loop import evaluate_split
+    from bike.engine.eval_loop import evaluate_k600_split_lists, evaluate_split
     from bike.engine.train_loop import reseed
 
     run_dir = Path(run_dir)
@@ -62,8 +66,12 @@ def run(
         if config.attributes.enabled and config.eval.protocol in ("closed", "multi_label"):
             records, _ = split_records(config, split)
             attrs = ensure_attributes(config, run_dir, records, info.device, logger, info.rank, info.world_size)
-        out = evaluate_split(config, model, run_dir, split, info.device, logger, attributes=attrs,
-                             reuse_from=runner.reuse_sources(config))
+        if config.eval.protocol == "zero_shot_k600" and config.eval.k600_split_lists:
+            out = evaluate_k600_split_lists(config, model, run_dir, info.device, logger,
+                                            reuse_from=runner.reuse_sources(config))
+        else:
+            out = evaluate_split(config, model, run_dir, split, info.device, logger, attributes=attrs,
+                                 reuse_from=runner.reuse_sources(config))
         barrier()
         if not info.is_main:
             return {"status": "done", "run_id": config.content_hash()}
@@ -84,6 +92,8 @@ def run(
             "world_size": info.world_size,
             "elapsed_s": time.time() - start,
         }
+        if "k600_splits" in counts:
+            payload["k600_splits"] = counts["k600_splits"]
         logger.metrics({"kind": "final", "split": split, **payload["metrics"]}, 0)
         from bike.engine.figures import write_run_figures
 

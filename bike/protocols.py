@@ -5,7 +5,8 @@
 * Zero-shot, half classes: split ``s`` = sorted first ``C // 2`` of NumPy's legacy
   ``RandomState(s).permutation(C)`` — identical to the official ``np.random.seed(s);
   np.random.permutation(C)[:C // 2]`` without touching the global RNG.
-* Zero-shot K600: three user-supplied split files of 160 class names (or indices).
+* Zero-shot K600: three user-supplied split files of 160 class names (or indices). With the released split
+  lists (``eval.k600_split_lists``) each split is its own evaluation (:func:`k600_split_configs`).
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ import math
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 
 from bike.data.lists import ListFormatError, VideoRecord, format_label
 from bike.rundir import atomic_write_text
+
+if TYPE_CHECKING:
+    from bike.config import RunConfig
 
 PathLike = Union[str, os.PathLike]
 
@@ -202,4 +206,35 @@ def k600_splits(
         if not seen:
             raise ListFormatError(f"{f}: no classes")
         out.append(np.array(sorted(seen), dtype=np.int64))
+    return out
+
+
+def k600_split_configs(config: "RunConfig") -> list["RunConfig"]:
+    """Per split of the released Kinetics-600 zero-shot protocol (``eval.k600_split_lists``), the run config
+    that evaluates it, as the authors' three evaluations (``configs/k600/k600_zero_shot_split{1,2,3}.yaml``).
+
+    Split i: ``data.<eval.split>_list`` = ``eval.k600_split_lists[i]`` (read as that list is: ``data.format``,
+    ``data.val_root`` or ``data.root``, ``data.exclude_list``), ``data.class_file`` = ``eval.k600_split_files[i]``,
+    ``eval.protocol`` = ``zero_shot_full``: every video of the list among every class of its class file (160 in
+    the released files), top-k over those classes. ``data.expected_lines`` keeps only the counts of the files
+    that stay the run's own (the three lists differ in length); the split fields are cleared. Everything else
+    (model, views, ``eval.zero_shot_path``, ``eval.zero_shot_ties``) is the run's. Empty without split lists.
+    """
+    lists, files = list(config.eval.k600_split_lists or []), list(config.eval.k600_split_files)
+    if not lists:
+        return []
+    if len(lists) != len(files):  # EvalConfig's validator refuses it; a config built without validation may not
+        raise ValueError(f"eval.k600_split_lists: {len(lists)} list(s) but eval.k600_split_files has {len(files)}; "
+                         "expected one class file per split list")
+    split = config.eval.split
+    if split not in ("val", "test"):
+        raise ValueError(f"eval.k600_split_lists: eval.split {split!r}; expected val or test (the list the split lists replace)")
+    data, out = config.data, []
+    for list_file, class_file in zip(lists, files):
+        same = {split: list_file == getattr(data, f"{split}_list"), "classes": class_file == data.class_file}
+        expected = {k: v for k, v in data.expected_lines.items() if same.get(k, True)}
+        new_data = data.model_copy(update={f"{split}_list": list_file, "class_file": class_file, "expected_lines": expected})
+        new_eval = config.eval.model_copy(update={"protocol": "zero_shot_full", "k600_split_lists": None,
+                                                  "k600_split_files": []})
+        out.append(config.model_copy(update={"data": new_data, "eval": new_eval}))
     return out

@@ -93,16 +93,29 @@ class SplitSummary:
 
 
 # ---------------------------------------------------------------------------------- what to check
-def needs_of_spec(spec_path: str, scale: str, overrides: Sequence[str], results: Path, world: Any = None) -> list[tuple[DataConfig, str]]:
+#: What the check reads: (data config, split), or (data config, split, report label) where one split is read
+#: from several lists (the K600 split lists); the report labels a split ``<dataset>/<label or split>``.
+Need = tuple  # tuple[DataConfig, str] | tuple[DataConfig, str, str]
+
+
+def needs_of_spec(spec_path: str, scale: str, overrides: Sequence[str], results: Path, world: Any = None) -> list[Need]:
     """(data config, split) of every run of the spec at ``scale``: training runs read ``train`` (the
-    ``tune`` split is held out of it), every run its evaluation split and its selection split."""
+    ``tune`` split is held out of it), every run its evaluation split and its selection split; a run with
+    ``eval.k600_split_lists`` each split list against its own class file (:func:`bike.protocols.k600_split_configs`),
+    labelled ``<split>_k600_split<s>`` as its cache."""
+    from bike.engine.caches import k600_split_cache_name
+    from bike.protocols import k600_split_configs
     from harness.expand import expand
     from harness.spec import load_spec
 
     plan = expand(load_spec(spec_path, list(overrides)), scale, results, world=world)
-    out: dict[tuple[str, str], tuple[DataConfig, str]] = {}
+    out: dict[tuple[str, str], Need] = {}
     for run in plan.runs:
         cfg = run.config
+        if cfg.eval.protocol == "zero_shot_k600":  # first: the run's own list is usually split 1's
+            for i, split_cfg in enumerate(k600_split_configs(cfg)):
+                label = k600_split_cache_name(cfg.eval.split, i)
+                out.setdefault((split_cfg.data.model_dump_json(), cfg.eval.split), (split_cfg.data, cfg.eval.split, label))
         splits = {cfg.eval.split}
         if run.kind == "train":
             splits.add("train")
@@ -149,20 +162,20 @@ def _label_range(records) -> tuple[Optional[int], Optional[int]]:
     return (min(values), max(values)) if values else (None, None)
 
 
-def gather(needs: Iterable[tuple[DataConfig, str]]) -> tuple[list[SplitSummary], list[Target]]:
+def gather(needs: Iterable[Need]) -> tuple[list[SplitSummary], list[Target]]:
     """Parse every list and class file; one :class:`Target` per distinct path. ``ListFormatError`` (bad
     input) becomes a ``ConfigError``."""
     from bike.data.lists import ListFormatError, apply_exclude_list, read_dataset
 
     summaries: list[SplitSummary] = []
     targets: dict[str, Target] = {}
-    for data, split in needs:
+    for data, split, *named in needs:
         try:
             records, names = read_dataset(data, split)
             _, excluded = apply_exclude_list(records, data)
         except ListFormatError as exc:
             raise ConfigError(str(exc)) from None
-        label = f"{data.dataset}/{split}"
+        label = f"{data.dataset}/{named[0] if named else split}"
         lo, hi = _label_range(records)
         summaries.append(SplitSummary(label, str(getattr(data, f"{split}_list")), len(records), len(names), lo, hi, len(excluded)))
         for r in records:
@@ -345,7 +358,7 @@ class CheckReport:
 
 
 def check(
-    needs: Sequence[tuple[DataConfig, str]],
+    needs: Sequence[Need],
     level: DecodeLevel = DecodeLevel("none"),
     cache_file: Optional[Path] = None,
     executor: str = "local",

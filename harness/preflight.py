@@ -11,7 +11,8 @@ with :func:`harness.jobs.register_job_kind` finds nothing of this) and reports:
   an evaluation or selection split ``tune`` without ``data.tuning_holdout``;
 * files: ``pretrained`` / ``init_from`` checkpoints; the class file and every list the job reads
   (parsed with :mod:`bike.data.lists`, labels checked against the class file); the lexicon and its
-  size against ``attributes.num_attributes``; the K600 split files;
+  size against ``attributes.num_attributes``; the K600 split files, and the K600 split lists (each parsed,
+  its labels checked against its own split file);
 * sizes: a training list (after the tuning holdout) smaller than one optimiser step's batch.
 
 It reads lists and small text files only: no video is decoded and torch is not imported (except the
@@ -211,9 +212,26 @@ def check_config(config: RunConfig, kind: str, world_size: int = 1, planned_dirs
             out.append(f"attributes.num_attributes: got {c.attributes.num_attributes}; the lexicon {path} holds "
                        f"{size} phrase(s): expected at most {size}")
     if c.eval.protocol == "zero_shot_k600":
+        missing = set()
         for i, f in enumerate(c.eval.k600_split_files):
             if not Path(f).expanduser().is_file():
+                missing.add(i)
                 out.append(f"eval.k600_split_files[{i}]: got {short_repr(f)}; no such file")
+        if c.eval.k600_split_lists:
+            from bike.protocols import k600_split_configs
+
+            # split i: list i read as the job reads it (data.format, roots), labels within class file i
+            for i, split_cfg in enumerate(k600_split_configs(c)):
+                if i in missing:
+                    continue
+                problem = reader.classes(split_cfg.data)
+                if problem:
+                    out.append(f"eval.k600_split_files[{i}]: {problem}")
+                    continue
+                _, why = reader.dataset(split_cfg.data, c.eval.split)
+                if why:
+                    whose = f" (its labels index the classes of eval.k600_split_files[{i}])" if "out of range" in why else ""
+                    out.append(f"eval.k600_split_lists[{i}]: got {short_repr(c.eval.k600_split_lists[i])}; {why}{whose}")
     return out
 
 
@@ -235,7 +253,8 @@ def local_tasks_problem(cluster: str, resources: ResourceSpec) -> Optional[str]:
 
 def missing_files(plan: Any, targets: Optional[Mapping[str, Any]] = None) -> dict[str, list[str]]:
     """The data files the plan's engine runs read that do not exist: ``{path: [run ids]}`` (class files,
-    the lists of the splits each run reads, checkpoint paths given as ``pretrained``)."""
+    the lists of the splits each run reads, the K600 split lists and class files, checkpoint paths given as
+    ``pretrained``)."""
     from harness.jobs import DEFAULT_JOB_KINDS, job_target
 
     out: dict[str, list[str]] = {}
@@ -248,9 +267,11 @@ def missing_files(plan: Any, targets: Optional[Mapping[str, Any]] = None) -> dic
         if run.kind == "train":
             splits |= {"train"} | ({"train" if c.train.select_on == "tune" else c.train.select_on} - {"none"})
         paths = [c.data.class_file] + [getattr(c.data, f"{s}_list", None) for s in sorted(splits)]
+        if c.eval.protocol == "zero_shot_k600":
+            paths += [*(c.eval.k600_split_lists or []), *c.eval.k600_split_files]
         if c.model.pretrained and _is_weight_path(c.model.pretrained):
             paths.append(c.model.pretrained)
-        for path in paths:
+        for path in dict.fromkeys(paths):  # once each (a K600 run's own list is split 1's)
             if path and not Path(path).expanduser().exists():
                 out.setdefault(str(path), []).append(run.run_id)
     return out

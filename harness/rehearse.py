@@ -7,9 +7,11 @@ full scale exactly as a real run would (recipe, frames, resolution, backbones, v
 * ``dataset.*`` paths -> a synthetic mirror of the dataset under ``<results>/rehearsal/data/<dataset>/``
   in the real layout (:class:`Mirror`): the released list formats and file names, every class of the real
   class file (the real names when the class file or the shipped lexicon has them, else synthetic names of
-  the real count), a few tiny videos (or frame folders) per class; ``data.expected_lines`` keeps its class
-  count and drops the list lengths; ``data.exclude_list`` -> a file that leaves all but a few videos of
-  each list out (a few-shot run keeps its whole training list: it needs K videos of every class);
+  the real count), a few tiny videos (or frame folders) per class (the K600 zero-shot split lists
+  ``eval.k600_split_lists``: three ``test_split<s>_exist.txt``, each labelled by its own 160-class
+  ``k160_labels_split<s>.csv``); ``data.expected_lines`` keeps its class count and drops the list lengths;
+  ``data.exclude_list`` -> a file that leaves all but a few videos of each list out (a few-shot run keeps its
+  whole training list: it needs K videos of every class);
 * ``pretrained`` weights (model, attribute generator, attribute text encoder) that are absent here (a file
   that does not exist, an open_clip tag not in the local cache) -> random weights; a released checkpoint
   ``init_from`` that is absent -> none (the backbone's random weights are evaluated);
@@ -52,7 +54,7 @@ REPORT_MARKDOWN = "rehearsal.md"
 RUN_RECORD = "rehearsal.json"
 #: Classes of the datasets' real class files (used when the spec gives no ``expected_lines.classes``).
 REAL_CLASS_COUNTS = {"k400": 400, "k600": 600, "anet": 200, "charades": 157, "ucf101": 101, "hmdb51": 51}
-#: Kinetics-600 zero-shot: the classes new to K600 (the released k600_new220_test.txt) and the split size.
+#: Kinetics-600 zero-shot: the classes new to K600 (220) and the size of each released split (160 of them).
 K600_NEW_CLASSES = 220
 K600_SPLIT_SIZE = 160
 #: Frames of every synthetic video / frame folder (the longest clip of the shipped specs is 32 frames).
@@ -177,13 +179,14 @@ class Mirror:
         """(real path -> mirror path, the dataset's mirror directory): paths keep their layout below the
         deepest directory holding every dataset path of the run."""
         d = config.data
+        k600_files = (*(config.eval.k600_split_lists or []), *config.eval.k600_split_files)
         paths = [p for p in (d.root, d.train_root, d.val_root, d.train_list, d.val_list, d.test_list, d.class_file,
-                             *config.eval.k600_split_files) if p]
+                             *k600_files) if p]
         if not paths:
             raise RehearsalError(f"{config.name}: dataset has no paths (dataset.root, lists, class_file); nothing to mirror")
         absolute = [os.path.abspath(os.path.expanduser(p)) for p in paths]
         files = {os.path.abspath(os.path.expanduser(p)) for p in (d.train_list, d.val_list, d.test_list, d.class_file,
-                                                                   *config.eval.k600_split_files) if p}
+                                                                   *k600_files) if p}
         base = os.path.commonpath(absolute)
         if base in files:
             base = os.path.dirname(base)
@@ -202,7 +205,8 @@ class Mirror:
     @staticmethod
     def class_count(config: RunConfig) -> int:
         d = config.data
-        count = d.expected_lines.get("classes") or REAL_CLASS_COUNTS.get(d.dataset)
+        split_file = bool(config.eval.k600_split_lists) and d.class_file in config.eval.k600_split_files
+        count = d.expected_lines.get("classes") or (K600_SPLIT_SIZE if split_file else REAL_CLASS_COUNTS.get(d.dataset))
         if not count:
             raise RehearsalError(
                 f"{config.name}: dataset.name {d.dataset!r}: the rehearsal does not know its number of classes; "
@@ -243,22 +247,30 @@ class Mirror:
         mirrored = d.model_copy(update={f: v for f, v in new.items()})
         class_file = Path(new["class_file"]) if new["class_file"] else top / "classes.csv"
         new["class_file"] = str(class_file)
-        if d.format == "charades":
-            _write_if_changed(class_file, "".join(f"c{i:03d} {n}\n" for i, n in enumerate(names)))
-        else:
-            _write_if_changed(class_file, "id,name\n" + "".join(f"{i},{_csv(n)}\n" for i, n in enumerate(names)))
+        split_lists = list(config.eval.k600_split_lists or [])
+        # the released K600 protocol: the split lists and their class files, written below (the run's own list
+        # and class file are usually split 1's)
+        written_by_splits = {to_mirror(p) for p in (*split_lists, *config.eval.k600_split_files)} if split_lists else set()
+        if str(class_file) not in written_by_splits:
+            if d.format == "charades":
+                _write_if_changed(class_file, "".join(f"c{i:03d} {n}\n" for i, n in enumerate(names)))
+            else:
+                _write_if_changed(class_file, "id,name\n" + "".join(f"{i},{_csv(n)}\n" for i, n in enumerate(names)))
         per_class = max(self.per_class, config.train.few_shot or 0)
         lists: dict[str, MirrorList] = {}
-        k600 = config.eval.protocol == "zero_shot_k600"
+        k600 = config.eval.protocol == "zero_shot_k600" and not split_lists
         for split in ("train", "val", "test"):
             list_file = new[f"{split}_list"]
-            if not list_file:
+            if not list_file or list_file in written_by_splits:
                 continue
             root = Path(mirrored.root_for(split))
             labels = self._labels(k, split, per_class, multi=d.multi_label, k600=k600)
             lists[split] = self._write_list(Path(list_file), root, d, split, labels)
         out: dict[str, Any] = {"data": new, "lists": lists, "classes_from": classes_from, "classes": k}
-        if config.eval.k600_split_files:
+        if split_lists:
+            out.update(self._k600_split_lists(config, to_mirror, Path(mirrored.root_for(config.eval.split)), lists))
+            out["classes_from"] = out.pop("k600_classes_from")
+        elif config.eval.k600_split_files:
             new_classes = list(range(k - min(K600_NEW_CLASSES, k), k))
             files = []
             for i, f in enumerate(config.eval.k600_split_files):
@@ -268,6 +280,44 @@ class Mirror:
                 files.append(str(path))
             out["k600_split_files"] = files
         return out
+
+    def _k600_split_lists(self, config: RunConfig, to_mirror: Callable[[str], str], root: Path,
+                          lists: dict[str, MirrorList]) -> dict[str, Any]:
+        """The released Kinetics-600 zero-shot layout (``eval.k600_split_lists``): split s's class file
+        ``k160_labels_split<s>.csv`` (160 of the 220 new classes, ``id,name``) and its video list
+        ``test_split<s>_exist.txt`` (``<video>.mp4 <label>``, labels 0..159 of that class file; a video of a
+        class in several splits is in each list, under the same name), ``per_class`` videos a class, the
+        classes of every split first. Adds the lists to ``lists`` (keyed as their caches) and returns the
+        rewritten ``k600_split_lists`` / ``k600_split_files``."""
+        d = config.data
+        if d.format != "video_list":
+            raise RehearsalError(f"{config.name}: dataset.format {d.format!r} with eval.k600_split_lists: the rehearsal "
+                                 "mirror writes the released K600 split lists as video lists (expected video_list)")
+        from bike.engine.caches import k600_split_cache_name
+
+        new = list(range(K600_NEW_CLASSES))
+        names = [f"{d.dataset} new action {c:03d}" for c in new]
+        count = len(config.eval.k600_split_lists or [])
+        common = [c for c in new if all(c in _k600_split(new, i) for i in range(count))]
+        split_lists, split_files = [], []
+        for i, (list_file, class_file) in enumerate(zip(config.eval.k600_split_lists or [], config.eval.k600_split_files)):
+            chosen = _k600_split(new, i)
+            label = {c: j for j, c in enumerate(chosen)}
+            files_path, list_path = Path(to_mirror(class_file)), Path(to_mirror(list_file))
+            _write_if_changed(files_path, "id,name\n" + "".join(f"{j},{_csv(names[c])}\n" for j, c in enumerate(chosen)))
+            lines, keys = [], []
+            for c in [c for c in common if c in label] + [c for c in chosen if c not in common]:
+                for j in range(self.per_class):
+                    rel = f"te{c:03d}x{j}.mp4"
+                    self.video_file(root / rel)
+                    lines.append(f"{rel} {label[c]}")
+                    keys.append(rel)
+            _write_if_changed(list_path, "\n".join(lines) + "\n")
+            lists[k600_split_cache_name(config.eval.split, i)] = MirrorList(str(list_path), keys)
+            split_lists.append(str(list_path))
+            split_files.append(str(files_path))
+        return {"k600_split_lists": split_lists, "k600_split_files": split_files,
+                "k600_classes_from": f"{len(new)} synthetic K600 class names, {K600_SPLIT_SIZE} per split file"}
 
     @staticmethod
     def _labels(k: int, split: str, per_class: int, multi: bool, k600: bool) -> list[Any]:
@@ -511,12 +561,15 @@ def rewrite_config(run: PlannedRun, options: RehearsalOptions, mirror: Mirror, m
                    f"with {built['classes']} classes ({built['classes_from']})")
     if "k600_split_files" in built:
         data["eval"]["k600_split_files"] = built["k600_split_files"]
+    if "k600_split_lists" in built:
+        data["eval"]["k600_split_lists"] = built["k600_split_lists"]
     expected = {k: v for k, v in cfg.data.expected_lines.items() if k == "classes"}
     if expected != cfg.data.expected_lines:
         changes.append(f"data.expected_lines: {dict(cfg.data.expected_lines)} -> {expected} (the mirror's lists are short)")
     d["expected_lines"] = expected
     reads_train = run.kind == "train"
-    excluded: list[str] = []
+    listed: list[str] = []
+    chosen: set[str] = set()
     kept: dict[str, int] = {}
     for split, ml in built["lists"].items():
         if split == "train":
@@ -524,13 +577,16 @@ def rewrite_config(run: PlannedRun, options: RehearsalOptions, mirror: Mirror, m
                 continue
             if cfg.train.few_shot:
                 kept[split] = len(ml.keys)
+                chosen.update(ml.keys)
                 continue  # K videos of every class are needed
             keep = _spread(ml.keys, options.train_videos)
         else:
             keep = _spread(ml.keys, options.val_videos) if cfg.eval.protocol != "zero_shot_k600" else ml.keys[:options.val_videos]
         kept[split] = len(keep)
-        chosen = set(keep)
-        excluded += [k for k in ml.keys if k not in chosen]
+        chosen.update(keep)
+        listed += ml.keys
+    # an entry kept in one list is kept in every list naming it (the K600 split lists share their videos)
+    excluded = [k for k in dict.fromkeys(listed) if k not in chosen]
     if cfg.data.exclude_list:
         changes.append(f"data.exclude_list {cfg.data.exclude_list} replaced (it names the real lists' entries)")
     exclude = Path(built["data"]["class_file"]).parent / f"rehearsal_exclude_{_digest(sorted(excluded))}.txt"

@@ -1,7 +1,8 @@
 """Cached evaluation scores: the one reader/writer (:class:`ScoreCache`), and what is computed from them
 without running the network.
 
-Layout, one directory per split (``<run_dir>/cache/<split>/``, e.g. ``cache/val/``, ``cache/tune/``)::
+Layout, one directory per split (``<run_dir>/cache/<split>/``, e.g. ``cache/val/``, ``cache/tune/``; the released
+Kinetics-600 zero-shot protocol writes one per split list, ``cache/val_k600_split1/`` ..., :func:`k600_split_cache_name`)::
 
     video_scores.npy  [N, K] float32  video branch, unscaled (``score_kind`` says logits or view-averaged probabilities)
     attr_scores.npy   [N, K] float32  attributes branch (when enabled), unscaled logits
@@ -69,6 +70,13 @@ class CacheError(ValueError):
 def split_cache_dir(run_dir: str | Path, split: str) -> Path:
     """``<run_dir>/cache/<split>``."""
     return cache_dir(run_dir) / split
+
+
+def k600_split_cache_name(split: str, index: int) -> str:
+    """Cache directory name of split list ``index`` (0-based) of the released Kinetics-600 zero-shot protocol
+    (``eval.k600_split_lists``): ``<split>_k600_split<index + 1>``, numbered as the released
+    ``test_split{1,2,3}_exist.txt``."""
+    return f"{split}_k600_split{index + 1}"
 
 
 def attributes_cache_path(run_dir: str | Path) -> Path:

@@ -28,7 +28,14 @@ import torch.distributed as dist
 
 from bike.config import RunConfig
 from bike.data.dataset import BadDataError, BadVideoLog
-from bike.engine.caches import column_subset, evaluate_class_splits, split_cache_dir, write_cache
+from bike.engine.caches import (
+    SplitResult,
+    column_subset,
+    evaluate_class_splits,
+    k600_split_cache_name,
+    split_cache_dir,
+    write_cache,
+)
 from bike.engine.logging import RunLogger
 from bike.engine.precision import autocast
 from bike.engine.zero_shot import FRAME_SOFTMAX_SCALE, frame_level_scores, frame_level_scores_np
@@ -241,7 +248,10 @@ def protocol_metrics(
     attr: Optional[np.ndarray],
     world_size: int = 1,
 ) -> dict[str, Metric | float]:
-    """Every metric of ``config.eval.protocol`` from per-video scores (and attribute scores)."""
+    """Every metric of ``config.eval.protocol`` from per-video scores (and attribute scores).
+
+    ``zero_shot_k600`` here is the single-list form (``eval.k600_split_files`` as class subsets of
+    ``data.class_file``); the released split lists are :func:`evaluate_k600_split_lists`'s."""
     protocol = config.eval.protocol
     labels = vs.labels
     metrics: dict[str, Metric | float] = {}
@@ -286,6 +296,9 @@ def protocol_metrics(
         res = evaluate_class_splits(labels, half_class_splits(vs.scores.shape[1], config.eval.zero_shot_splits), fn, ties)
         metrics.update(res.metrics("zs_half"))
     elif protocol == "zero_shot_k600":
+        if config.eval.k600_split_lists:
+            raise ValueError("eval.k600_split_lists: each split list is its own evaluation (evaluate_k600_split_lists), "
+                             "not class subsets of one list's scores")
         from bike.protocols import k600_splits
         from bike.data.lists import read_classes
 
@@ -330,16 +343,22 @@ def evaluate_split(
     views: Optional[tuple[int, int]] = None,
     write: bool = True,
     reuse_from: Sequence[Optional[str | Path]] = (),
+    cache_name: Optional[str] = None,
+    resume: bool = False,
 ) -> Optional[tuple[dict, dict]]:
-    """Evaluate ``split`` per ``config.eval`` and write ``cache/<split>/``. Returns (metrics, counts) on rank 0.
+    """Evaluate ``split`` per ``config.eval`` and write ``cache/<cache_name>/``. Returns (metrics, counts) on rank 0.
 
     ``reuse_from``: run directories (e.g. the ``init_from`` run) whose cached video-branch scores of
     ``split`` are copied instead of scoring the videos again when their video-side key equals this
     run's (:mod:`bike.engine.score_reuse`); the result says which (``counts["video_scores_from"]``).
+    ``cache_name``: the cache directory (default ``split``; the K600 split lists write one each).
+    ``resume``: the run's own finished cache of ``cache_name`` is reused as well, under the same key
+    (an interrupted multi-split evaluation does not score its finished splits again).
     """
     from bike.engine.datasets import build_dataset, split_records
     from bike.engine.score_reuse import KEY_FIELD, find_reusable, video_side_key
 
+    cache_name = cache_name or split
     rank, world = _world()
     records, names = split_records(config, split)
     if list(names) != list(model.class_names):
@@ -350,14 +369,15 @@ def evaluate_split(
     protocol = config.eval.protocol
     mode = "frame" if protocol.startswith("zero_shot") and config.eval.zero_shot_path == "frame" else "video"
     collect = config.eval.save_frame_embeddings or (mode == "frame" and protocol != "zero_shot_full")
-    cache_dir = split_cache_dir(run_dir, split)
+    cache_dir = split_cache_dir(run_dir, cache_name)
     vs_path = cache_dir / ".view_scores.assemble.npy" if write else None
     key = video_side_key(config, model, split, records, names, views, mode, collect)
     # rank 0 alone reads the candidate caches and decides for every rank: ranks that disagreed (a
     # file seen by one node only) would leave the others waiting in score_videos' collectives
     reused = None
     if rank == 0:
-        reused = find_reusable(key, split, [d for d in reuse_from if d is not None and Path(d).resolve() != Path(run_dir).resolve()])
+        others = [d for d in reuse_from if d is not None and Path(d).resolve() != Path(run_dir).resolve()]
+        reused = find_reusable(key, cache_name, ([run_dir] if resume else []) + others)
     use_cache = reused is not None
     if world > 1:
         box = [use_cache]
@@ -366,11 +386,11 @@ def evaluate_split(
     if use_cache:
         if logger and reused is not None:
             logger.info("eval %s: video-branch scores of %d videos reused from %s (same video-side key)",
-                        split, reused.num_videos, reused.directory)
+                        cache_name, reused.num_videos, reused.directory)
         vs = _scores_from_cache(reused, dataset.num_views) if reused is not None else None
     else:
         vs = score_videos(model, dataset, config, device, logger, mode=mode, collect_frames=collect,
-                          view_scores_path=vs_path, desc=f"eval {split}")
+                          view_scores_path=vs_path, desc=f"eval {cache_name}")
     attr = None
     if config.attributes.enabled and attributes is not None and protocol in ("closed", "multi_label"):
         if rank == 0:
@@ -389,7 +409,7 @@ def evaluate_split(
             labels=vs.labels,
             video_scores=vs.scores,
             classes=names,
-            split=split,
+            split=cache_name,
             config_hash=config.content_hash(),
             score_kind=vs.score_kind,
             attr_scores=attr,
@@ -403,3 +423,71 @@ def evaluate_split(
         if vs_path is not None and vs_path.exists():
             os.unlink(vs_path)
     return metrics, counts
+
+
+def evaluate_k600_split_lists(
+    config: RunConfig,
+    model,
+    run_dir: Path,
+    device: torch.device,
+    logger: Optional[RunLogger] = None,
+    reuse_from: Sequence[Optional[str | Path]] = (),
+) -> Optional[tuple[dict, dict]]:
+    """The released Kinetics-600 zero-shot protocol (``eval.k600_split_lists``): one evaluation per split.
+
+    Split i (:func:`bike.protocols.k600_split_configs`) scores the videos of ``k600_split_lists[i]`` against
+    the classes of ``k600_split_files[i]`` only (the model's classes are set to them), with the full model or
+    the frame-level path (``eval.zero_shot_path``); its scores go to ``cache/<split>_k600_split<i+1>/``
+    (labels ``[N_i]`` index that split's classes, scores ``[N_i, K_i]``; its manifest records the split's
+    derived config: protocol ``zero_shot_full``, that config's hash) and a finished split's cache is reused
+    by a rerun (same video-side key). Metrics (percent): ``zs_k600_split{i}`` (0-based), the split's
+    top-1 over its K_i classes (``eval.zero_shot_ties``); ``zs_k600_mean`` / ``zs_k600_std`` and
+    ``zs_k600_top5_mean`` / ``zs_k600_top5_std``: mean and population std (ddof 0) over the splits
+    (:class:`~bike.engine.caches.SplitResult`). The protocol has no evaluation over all classes, so ``top1``
+    and ``top5`` are the means over the splits (``zs_k600_mean``, ``zs_k600_top5_mean``), their counts
+    the sums of the splits' counts. Returns (metrics, counts) on rank 0, where ``counts["k600_splits"]``
+    lists each split's list, class file, cache, videos, classes, top-1 and top-5.
+    """
+    from bike.protocols import k600_split_configs
+
+    split = config.eval.split
+    result = SplitResult([], [], [], [])
+    per_split: list[dict] = []
+    evaluated = skipped = padded = 0
+    bad_files: list[str] = []
+    padded_files: list[str] = []
+    for i, cfg in enumerate(k600_split_configs(config)):
+        name = k600_split_cache_name(split, i)
+        if logger:
+            logger.info("K600 zero-shot split %d of %d: %s against the classes of %s (cache/%s)", i + 1,
+                        len(config.eval.k600_split_lists or []), getattr(cfg.data, f"{split}_list"), cfg.data.class_file, name)
+        out = evaluate_split(cfg, model, run_dir, split, device, logger, reuse_from=reuse_from, cache_name=name, resume=True)
+        if out is None:  # not rank 0
+            continue
+        metrics, counts = out
+        result.top1.append(float(metrics["top1"]))
+        result.top5.append(float(metrics["top5"]))
+        result.videos.append(int(counts["evaluated"]))
+        result.classes.append(int(model.num_classes))
+        evaluated += int(counts["evaluated"])
+        skipped += int(counts["skipped"])
+        padded += int(counts.get("padded", 0))
+        bad_files += list(counts["bad_files"])
+        padded_files += list(counts.get("padded_files", []))
+        per_split.append({"list": getattr(cfg.data, f"{split}_list"), "class_file": cfg.data.class_file, "cache": name,
+                          "videos": int(counts["evaluated"]), "skipped": int(counts["skipped"]),
+                          "classes": int(model.num_classes), "top1": result.top1[-1], "top5": result.top5[-1],
+                          "video_scores_from": counts.get("video_scores_from")})
+        if logger:
+            logger.info("K600 zero-shot split %d: top-1 %.2f, top-5 %.2f over %d videos and %d classes", i + 1,
+                        result.top1[-1], result.top5[-1], result.videos[-1], result.classes[-1])
+    if _world()[0] != 0:
+        return None
+    out_metrics: dict[str, Metric | float] = dict(result.metrics("zs_k600"))
+    out_metrics["top1"] = Metric(result.top1_mean, evaluated, skipped)
+    out_metrics["top5"] = Metric(result.top5_mean, evaluated, skipped)
+    reused = [s["video_scores_from"] for s in per_split if s["video_scores_from"]]
+    counts = {"evaluated": evaluated, "skipped": skipped, "bad_files": bad_files, "padded": padded,
+              "padded_files": padded_files, "per_metric": metric_counts(out_metrics),
+              "video_scores_from": reused or None, "k600_splits": per_split}
+    return out_metrics, counts

@@ -153,3 +153,81 @@ def test_load_run_model_gives_the_scores_the_run_cached(data, tmp_path):
         assert not np.allclose(fresh(clips.clips).numpy(), np.stack([logits[v] for v in clips.video_ids]), atol=1e-3)
     with pytest.raises(FileNotFoundError, match="config.yaml"):
         evaluate_mod.load_run_model(tmp_path / "nothing")
+
+
+def _k600_split_lists(data: dict, tmp_path: Path) -> tuple[list[str], list[str], list[dict[str, int]]]:
+    """Three split lists of the tiny videos, each labelled by its own class file, as the released
+    test_split{s}_exist.txt / k160_labels_split{s}.csv: the class files differ (names without videos
+    among them, other orders, 6, 7 and 5 classes) and so do the lists."""
+    splits = [["red", "purple", "blue", "orange", "cyan", "yellow"],
+              ["green", "red", "pink", "black", "white", "grey", "brown"],
+              ["teal", "blue", "green", "violet", "red"]]
+    lists, files, labels = [], [], []
+    for s, names in enumerate(splits, start=1):
+        f = tmp_path / f"k160_labels_split{s}.csv"
+        f.write_text("id,name\n" + "".join(f"{i},{n}\n" for i, n in enumerate(names)))
+        entries = {f"val/{n}_{j}.mp4": i for i, n in enumerate(names) for j in range(2) if n in ("red", "green", "blue")}
+        lst = tmp_path / f"test_split{s}_exist.txt"
+        lst.write_text("".join(f"{v} {y}\n" for v, y in entries.items()))
+        lists.append(str(lst)), files.append(str(f)), labels.append(entries)
+    return lists, files, labels
+
+
+@pytest.mark.parametrize("path", ["full", "frame"])
+def test_zero_shot_k600_released_split_lists(data, tmp_path, path):
+    """Each released split list is its own evaluation against its own class file; the reported numbers are
+    each split's top-1 over its classes and their mean and population std."""
+    lists, files, labels = _k600_split_lists(data, tmp_path)
+    cfg = tiny_config({**data, "val_list": lists[0], "class_file": files[0]}, stage="eval",
+                      eval={"protocol": "zero_shot_k600", "zero_shot_path": path, "k600_split_lists": lists,
+                            "k600_split_files": files, "figures": 0})
+    res = evaluate_mod.run(cfg, tmp_path / "r", progress=False)
+    m = res["metrics"]
+    top1, top5, caches = [], [], []
+    for s in range(3):
+        c = read_cache(tmp_path / "r" / "cache" / f"val_k600_split{s + 1}")
+        names = [ln.split(",")[1] for ln in Path(files[s]).read_text().splitlines()[1:]]
+        assert c.classes == names and c.video_scores.shape == (len(labels[s]), len(names))
+        # the labels are the list's, indexing this split's class file
+        assert dict(zip(c.video_ids, c.labels.tolist())) == labels[s]
+        # the released rule: top-k of the scores over the split's classes (top-1: the argmax)
+        scores = np.asarray(c.video_scores, dtype=np.float64)
+        top1.append(float((scores.argmax(1) == c.labels).mean() * 100))
+        above = (scores > scores[np.arange(len(scores)), c.labels][:, None]).sum(1)
+        top5.append(float((above < 5).mean() * 100))
+        assert m[f"zs_k600_split{s}"] == pytest.approx(top1[-1])
+        caches.append(c)
+    assert m["zs_k600_mean"] == pytest.approx(np.mean(top1)) and m["zs_k600_std"] == pytest.approx(np.std(top1))
+    assert m["zs_k600_top5_mean"] == pytest.approx(np.mean(top5)) and m["zs_k600_top5_std"] == pytest.approx(np.std(top5))
+    assert m["top1"] == pytest.approx(np.mean(top1)) and m["top5"] == pytest.approx(np.mean(top5))
+    assert "zs_full_top1" not in m and len(set(top5)) > 1
+    assert res["counts"]["evaluated"] == 4 + 4 + 6
+    assert [(s["videos"], s["classes"]) for s in res["k600_splits"]] == [(4, 6), (4, 7), (6, 5)]
+    assert not (tmp_path / "r" / "cache" / "val").exists()
+    if path == "full":
+        # a video's logit for a class does not depend on the other classes: the same logits, column by name
+        for a, b in ((0, 1), (0, 2), (1, 2)):
+            ca, cb = caches[a], caches[b]
+            vids = [v for v in ca.video_ids if v in cb.video_ids]
+            cols = [n for n in ca.classes if n in cb.classes]
+            sa = np.asarray(ca.video_scores)[np.ix_([ca.video_ids.index(v) for v in vids], [ca.classes.index(n) for n in cols])]
+            sb = np.asarray(cb.video_scores)[np.ix_([cb.video_ids.index(v) for v in vids], [cb.classes.index(n) for n in cols])]
+            assert vids and cols
+            np.testing.assert_allclose(sa, sb, rtol=1e-4, atol=1e-5)
+
+    # an interrupted run resumes: the finished splits' caches are reused, not scored again
+    (tmp_path / "r" / "result.json").unlink()
+    again = evaluate_mod.run(cfg, tmp_path / "r", progress=False)
+    assert again["metrics"] == res["metrics"]
+    assert [s["video_scores_from"] for s in again["k600_splits"]] == [
+        str(tmp_path / "r" / "cache" / f"val_k600_split{s}") for s in (1, 2, 3)]
+
+
+def test_zero_shot_k600_split_lists_need_one_class_file_each(data, tmp_path):
+    lists, files, _ = _k600_split_lists(data, tmp_path)
+    with pytest.raises(ValueError, match=r"eval.k600_split_lists: got 3 list\(s\) but eval.k600_split_files has 2"):
+        tiny_config(data, stage="eval", eval={"protocol": "zero_shot_k600", "k600_split_lists": lists,
+                                              "k600_split_files": files[:2]})
+    with pytest.raises(ValueError, match="eval.k600_split_lists.*zero_shot_k600 only"):
+        tiny_config(data, stage="eval", eval={"protocol": "zero_shot_full", "k600_split_lists": lists,
+                                              "k600_split_files": files})

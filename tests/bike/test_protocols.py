@@ -106,3 +106,30 @@ def test_k600_splits_read_the_released_csv_with_its_header(tmp_path):
     (tmp_path / "bad.csv").write_text("id,name\n0,acting in play\n1,not a k600 class\n")
     with pytest.raises(Exception, match=r"bad\.csv:3: class 'not a k600 class' is not in the class file"):
         k600_splits([tmp_path / "bad.csv"], k600)
+
+
+def test_k600_split_configs_evaluate_each_released_list_against_its_own_class_file():
+    from bike.config import RunConfig
+    from bike.protocols import k600_split_configs
+
+    lists = [f"/d/k600/test_split{s}_exist.txt" for s in (1, 2, 3)]
+    files = [f"/d/k600/k160_labels_split{s}.csv" for s in (1, 2, 3)]
+    cfg = RunConfig.model_validate({
+        "data": {"dataset": "k600", "val_root": "/d/k600/k600_test_video", "val_list": lists[0], "class_file": files[0],
+                 "expected_lines": {"val": 14119, "classes": 160}, "exclude_list": "/d/bad.txt"},
+        "eval": {"protocol": "zero_shot_k600", "zero_shot_path": "frame", "k600_split_lists": lists,
+                 "k600_split_files": files}})
+    splits = k600_split_configs(cfg)
+    assert [(c.data.val_list, c.data.class_file) for c in splits] == list(zip(lists, files))
+    # split 1's files are the run's own: their counts stay; the other lists and class files are not counted
+    assert [c.data.expected_lines for c in splits] == [{"val": 14119, "classes": 160}, {}, {}]
+    for c in splits:
+        assert (c.eval.protocol, c.eval.zero_shot_path, c.eval.k600_split_lists, c.eval.k600_split_files) == (
+            "zero_shot_full", "frame", None, [])
+        assert c.data.root_for("val") == "/d/k600/k600_test_video" and c.data.exclude_list == "/d/bad.txt"
+        assert c.model == cfg.model and c.eval.zero_shot_ties == cfg.eval.zero_shot_ties
+    assert len({c.content_hash() for c in splits}) == 3
+    assert k600_split_configs(RunConfig()) == []
+    with pytest.raises(ValueError, match="eval.split 'tune'"):
+        RunConfig.model_validate({"eval": {"protocol": "zero_shot_k600", "split": "tune", "k600_split_lists": lists,
+                                           "k600_split_files": files}})

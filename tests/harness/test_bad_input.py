@@ -470,6 +470,32 @@ files("charades-classes", _dataset("format", "charades"), "data.class_file", "cl
       "expected '<cNNN> <class name>'")
 
 
+def _k600_split_lists(second_list: str, second_classes: str = "id,name\n0,jumping\n1,swimming\n"):
+    """The released K600 protocol: split 1 is the base list and class file, split 2 its own pair of files."""
+    def mutate(tmp: Path, body: dict) -> None:
+        d = tmp / "data"
+        (d / "test_split2_exist.txt").write_text(second_list)
+        (d / "k160_labels_split2.csv").write_text(second_classes)
+        body["eval"] = {"protocol": "zero_shot_k600",
+                        "k600_split_lists": [str(d / "val.txt"), str(d / "test_split2_exist.txt")],
+                        "k600_split_files": [str(d / "classes.csv"), str(d / "k160_labels_split2.csv")]}
+
+    return mutate
+
+
+# label 2 is a class of the run's class file (3 classes) but not of split 2's (2 classes)
+files("k600-split-list-label-range", _k600_split_lists("v0.mp4 0\nv1.mp4 2\n"), "eval.k600_split_lists[1]",
+      "test_split2_exist.txt:2", "label 2 is out of range", "expected 0..1", "eval.k600_split_files[1]")
+files("k600-split-list-missing", _fields(eval=lambda t: {"protocol": "zero_shot_k600", "k600_split_lists": ["/nope/split1.txt"],
+                                                          "k600_split_files": [str(t / "data" / "classes.csv")]}),
+      "eval.k600_split_lists[0]: got '/nope/split1.txt'", "list file not found")
+files("k600-split-class-file-bad", _k600_split_lists("v0.mp4 0\n", "idx,label\n0,a\n"), "eval.k600_split_files[1]",
+      "k160_labels_split2.csv:1", "'id,name'")
+spec_field("k600-split-lists-length", "eval", {"protocol": "zero_shot_k600", "k600_split_lists": ["a.txt", "b.txt"],
+                                               "k600_split_files": ["a.csv"]},
+           "eval.k600_split_lists: got 2 list(s) but eval.k600_split_files has 1", "one class file per split list")
+
+
 # ---------------------------------------------------------------------------------- sweeps
 def sweep(cid: str, change: dict, *frags: str, overrides: tuple[str, ...] = (), raw: Any = None, named: bool = True) -> None:
     def build(tmp: Path, mp: Any):

@@ -221,3 +221,34 @@ def test_a_spec_names_the_exclusion_list_and_the_run_logs_how_many_it_excluded(d
     cfg2 = RunConfig(data={**data, "exclude_list": str(tmp_path / "none.txt")})
     with pytest.raises(ValueError, match="data.exclude_list"):
         split_records(cfg2, "val")
+
+
+def test_a_k600_spec_checks_each_split_list_against_its_own_class_file(dataset, tmp_path, capsys) -> None:
+    """A run with eval.k600_split_lists reads every split list (the released test_split{s}_exist.txt), labelled
+    by its own class file: each is parsed and its videos checked like the val list."""
+    root = dataset["root"]
+    (root / "k160_labels_split1.csv").write_text("id,name\n0,alpha\n1,beta\n")
+    (root / "k160_labels_split2.csv").write_text("id,name\n0,gamma\n1,beta\n2,delta\n3,alpha\n")
+    (root / "test_split1_exist.txt").write_text("videos/good0.mp4 0\nvideos/good1.mp4 1\n")
+    (root / "test_split2_exist.txt").write_text("videos/good1.mp4 1\nvideos/good2.mp4 3\nvideos/truncated.mp4 0\n")
+    lists = [str(root / "test_split1_exist.txt"), str(root / "test_split2_exist.txt")]
+    files = [str(root / "k160_labels_split1.csv"), str(root / "k160_labels_split2.csv")]
+    body = {"name": "k600", "family": "zero-shot-half",
+            "dataset": {"name": "k600", "root": str(root), "val_list": lists[0], "class_file": files[0]},
+            "eval": {"protocol": "zero_shot_k600", "k600_split_lists": lists, "k600_split_files": files},
+            "variants": {"a": {"stage": "eval", "set": {"model.pretrained": None}}}}
+    spec = tmp_path / "k600.yaml"
+    spec.write_text(yaml.safe_dump(body))
+    argv = ["data", "check", str(spec), "--scale", "full", "--json", "--executor", "debug", "--results", str(tmp_path / "r")]
+    assert main(argv) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert [(s["label"], s["list_file"], s["records"], s["classes"], s["label_max"]) for s in out["splits"]] == [
+        ("k600/val_k600_split1", lists[0], 2, 2, 1), ("k600/val_k600_split2", lists[1], 3, 4, 3)]
+    assert [(os.path.relpath(b["path"], root), b["reason"]) for b in out["bad"]] == [("videos/truncated.mp4", "truncated")]
+    assert out["bad"][0]["entries"] == [{"split": "k600/val_k600_split2", "video_id": "videos/truncated.mp4"}]
+
+    # label 3 is a class of split 2's class file, not of split 1's (the run's own)
+    (root / "test_split1_exist.txt").write_text("videos/good0.mp4 3\n")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "test_split1_exist.txt:1" in err and "label 3 is out of range" in err and "expected 0..1" in err

@@ -105,6 +105,24 @@ def test_steps_below_two_are_refused():
         RehearsalOptions(steps=1)
 
 
+def _check_k600_split_lists(cfg: RunConfig) -> None:
+    """The released K600 layout: split s = test_split<s>_exist.txt labelled 0..159 by k160_labels_split<s>.csv; the
+    splits' classes differ, a video of a class in several splits is in each list, the kept videos are in every list."""
+    from bike.data.lists import apply_exclude_list
+    from bike.protocols import k600_split_configs
+
+    assert [Path(p).name for p in cfg.eval.k600_split_lists] == [f"test_split{s}_exist.txt" for s in (1, 2, 3)]
+    assert [Path(p).name for p in cfg.eval.k600_split_files] == [f"k160_labels_split{s}.csv" for s in (1, 2, 3)]
+    classes, kept = [], []
+    for split_cfg in k600_split_configs(cfg):
+        records, names = read_dataset(split_cfg.data, cfg.eval.split)
+        assert len(names) == 160 and sorted({r.label for r in records}) == list(range(160))
+        assert all(Path(r.path).is_file() for r in records)
+        classes.append(names)
+        kept.append({r.video_id: names[r.label] for r in apply_exclude_list(records, split_cfg.data)[0]})
+    assert len({tuple(n) for n in classes}) == 3 and all(kept) and kept[0] == kept[1] == kept[2]
+
+
 @pytest.mark.parametrize("spec_name", ["charades", "anet", "zero_shot_half", "few_shot", "table1"])
 def test_shipped_specs_mirror_in_the_released_formats(tmp_path, spec_name):
     """Every list the rewritten full-scale runs read parses with the released formats' readers, with the
@@ -113,6 +131,8 @@ def test_shipped_specs_mirror_in_the_released_formats(tmp_path, spec_name):
     plan = expand(spec, "full", tmp_path / "results")
     new = rehearsal_plan(plan, RehearsalOptions(per_class=1))
     assert new.runs
+    if spec_name == "zero_shot_half":  # the released K600 protocol's split lists are mirrored
+        assert sum(bool(r.config.eval.k600_split_lists) for r in new.runs) == 1
     for run in new.runs:
         cfg = run.config
         assert str(tmp_path) in cfg.data.class_file
@@ -121,10 +141,53 @@ def test_shipped_specs_mirror_in_the_released_formats(tmp_path, spec_name):
             if getattr(cfg.data, f"{split}_list") and (split == "val" or run.kind == "train"):
                 records, _ = read_dataset(cfg.data, split)
                 assert records
-        if cfg.eval.protocol == "zero_shot_k600":
+        if cfg.eval.protocol == "zero_shot_k600" and cfg.eval.k600_split_lists:
+            _check_k600_split_lists(cfg)
+        elif cfg.eval.protocol == "zero_shot_k600":
             from bike.protocols import k600_splits
 
             splits = k600_splits(cfg.eval.k600_split_files, read_classes(cfg.data), split_size=160)
             assert len(splits) == 3
         for dep in run.dependencies:
             assert cfg.init_from.endswith(dep)
+
+
+MICRO_K600 = """
+name: micro_k600
+family: zero-shot-half
+dataset:
+  name: k600
+  root: {data}/k600/k600_test_video
+  val_list: {data}/k600/test_split1_exist.txt
+  class_file: {data}/k600/k160_labels_split1.csv
+  expected_lines: {{val: 14119, classes: 160}}
+model: {{backbone: bike-micro, pretrained: openai, frames: 8, resolution: 32}}
+attributes: {{enabled: false}}
+eval:
+  protocol: zero_shot_k600
+  zero_shot_path: full
+  k600_split_lists: [{data}/k600/test_split1_exist.txt, {data}/k600/test_split2_exist.txt, {data}/k600/test_split3_exist.txt]
+  k600_split_files: [{data}/k600/k160_labels_split1.csv, {data}/k600/k160_labels_split2.csv, {data}/k600/k160_labels_split3.csv]
+variants:
+  k600:
+    stage: eval
+    cells: [{{table: "5", row: bike_vitl14, column: k600, metric: zs_k600_mean}}]
+"""
+
+
+def test_rehearse_executes_the_released_k600_split_lists(tmp_path, capsys):
+    """The released K600 protocol rehearsed end to end: the three mirrored split lists are evaluated, each
+    against its own class file, into its own cache."""
+    spec = _spec(tmp_path, MICRO_K600)
+    results = tmp_path / "results"
+    code = main(["rehearse", str(spec), "--results", str(results), "--executor", "debug", "--poll", "0.2"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    root = results / "rehearsal"
+    (run,) = json.loads((root / "rehearsal.json").read_text())["runs"]
+    assert run["status"] == "done" and {"zs_k600_mean", "zs_k600_std", "zs_k600_split2", "top1"} <= set(run["metrics"])
+    result = json.loads((root / "runs" / run["run_id"] / "result.json").read_text())
+    assert [(s["videos"], s["classes"]) for s in result["k600_splits"]] == [(2, 160)] * 3
+    assert [Path(s["list"]).name for s in result["k600_splits"]] == [f"test_split{s}_exist.txt" for s in (1, 2, 3)]
+    for s in (1, 2, 3):
+        assert (root / "runs" / run["run_id"] / "cache" / f"val_k600_split{s}" / "manifest.json").is_file()

@@ -447,12 +447,10 @@ def status_rows(results: Path, plan: Optional[Any] = None) -> list[dict[str, str
     return rows
 
 
-#: The metric a finished run is summed up by in ``bikebench status`` (the first its result has).
-HEADLINE_METRICS = ("top1", "mAP", "zs_half_top1", "zs_k600_top1")
-
-
 def _headline(result: dict) -> str:
     """``top1 62.76`` (percent) for a finished run's result, else ``""``."""
+    from harness.executor import HEADLINE_METRICS  # one home: the status table and the [k/N] lines
+
     metrics = result.get("metrics") or {}
     for name in HEADLINE_METRICS:
         value = metrics.get(name)

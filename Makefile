@@ -10,7 +10,7 @@ TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 export HF_HUB_OFFLINE ?= 1
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: setup test bench table6 paper rehearse check bless tune world mlflow-ui optuna-dashboard slurm-up slurm-down clean-results
+.PHONY: setup test bench table6 paper rehearse check bless bless-paper tune world mlflow-ui optuna-dashboard slurm-up slurm-down clean-results
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -42,8 +42,14 @@ table6: setup
 paper: setup
 	$(BIN)/bikebench paper --scale $(SCALE) --executor $(EXECUTOR) --parallelism $(PARALLELISM)
 
+# Table 6 against its blessed baseline; every table too once `make paper` has written results/paper_results.json
+PAPER_BASELINE ?= results/baselines/paper_smoke.json
 check: setup
 	$(BIN)/bikebench check
+	@if [ -f results/paper_results.json ]; then \
+		echo "$(BIN)/bikebench check --results results/paper_results.json --baseline $(PAPER_BASELINE)"; \
+		$(BIN)/bikebench check --results results/paper_results.json --baseline $(PAPER_BASELINE); \
+	else echo "no results/paper_results.json: run make paper, and make check compares every table too"; fi
 
 # Re-bless the smoke baseline: Table 6 at the default seed (make table6) and at the training seeds
 # SEEDS (same world, results/seeds/<s>/); each cell's tolerance = 2 x its std over the seeds.
@@ -53,6 +59,14 @@ bless: table6
 		$(BIN)/bikebench table6 --scale smoke --executor $(EXECUTOR) --parallelism $(PARALLELISM) --no-track \
 			--results results/seeds/$$s --world-root results/world seed=$$s || exit 1; done
 	$(BIN)/bikebench check --bless --spread $(foreach s,$(SEEDS),results/seeds/$(s)/table6_results.json)
+
+# Re-bless the every-table baseline the same way: make paper at the default seed and at SEEDS
+bless-paper: paper
+	@for s in $(SEEDS); do \
+		$(BIN)/bikebench paper --scale smoke --executor $(EXECUTOR) --parallelism $(PARALLELISM) --no-track \
+			--results results/seeds/$$s --world-root results/world seed=$$s || exit 1; done
+	$(BIN)/bikebench check --bless --results results/paper_results.json --baseline $(PAPER_BASELINE) \
+		--spread $(foreach s,$(SEEDS),results/seeds/$(s)/paper_results.json)
 
 # the study reads the cached scores of Table 6's BIKE run: table6 first (finished runs are skipped)
 # WORKERS=N runs N study workers as one job array (EXECUTOR=local by default; slurm on a cluster)

@@ -136,3 +136,28 @@ def test_paper_smoke_writes_every_table_in_order(tmp_path):
     assert "directions" in json.loads((results / "table6_results.json").read_text())
     half = next(c for c in cells if c.paper_key == "5/bike_vitl14/ucf101_half")
     assert half.std == 2.5 and "70.0 ± 2.5" in md  # half-class cells: mean ± std over the splits
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_the_committed_paper_baseline_covers_every_smoke_cell_of_every_table():
+    """`make check` compares `make paper`'s results with results/baselines/paper_smoke.json: it must hold
+    every cell a shipped spec fills at smoke scale, each with a tolerance measured over training seeds,
+    blessed on the same world as the Table 6 baseline."""
+    from harness.paper_tables import EXPERIMENTS
+
+    doc = json.loads((REPO / "results/baselines/paper_smoke.json").read_text())
+    expected = set()
+    for path in sorted(EXPERIMENTS.glob("*.yaml")):
+        spec = load_spec(path)
+        for variant in spec.variants.values():
+            if "smoke" in variant.run_at:
+                expected.update(f"{c.table}/{c.row}/{c.column}" for c in variant.cells)
+    assert len(expected) > 60
+    assert sorted(expected - set(doc["cells"])) == []
+    assert all(cell.get("seeds") == 3 and cell["tol"] >= 0 for cell in doc["cells"].values())
+    table6 = json.loads((REPO / "results/baselines/table6_smoke.json").read_text())
+    assert doc["meta"]["world"] == table6["meta"]["world"]
+    for key, cell in table6["cells"].items():  # the Table 6 cells are the same runs in both baselines
+        assert doc["cells"][key]["value"] == cell["value"], key

@@ -175,3 +175,31 @@ def test_time_limit_requeue_resumes_and_leaves_one_mlflow_run(slurm_cluster, job
     runs = mlflow_runs_of(tracking_uri, rd.run_id)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert uninterrupted_result(steps) in _logged(runs[0], "acc")
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.distributed
+def test_the_engine_as_a_two_task_job_trains_on_both_and_exits_cleanly(slurm_cluster, job_dir: Path, tiny_data: dict,
+                                                                        tracking_uri: str, capsys) -> None:
+    """The paper-scale shape (one task per GPU): `bikebench run --tasks-per-node 2` starts bike.train.run in
+    two srun tasks that form one gloo group; both leave it when the run returns, so the job is COMPLETED
+    (no abort at interpreter teardown) and its task logs hold no error."""
+    variants = {"vcs": {"cells": [{"table": "6a", "row": "vcs", "column": "top1", "metric": "top1"}]}}
+    spec = write_spec(job_dir / "two_tasks.yaml", "slurm_two_tasks", tiny_data, variants, train={"batch_size": 4})
+    results = job_dir / "results"
+
+    rc = bikebench(["run", str(spec), "--scale", "full", "--executor", "slurm", "--results", str(results),
+                    "--tracking-uri", tracking_uri, "--poll", "0.5", "--tasks-per-node", "2"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+
+    rd = _only_run(results)
+    assert rd.state() == "done"
+    assert rd.result()["world_size"] == 2 and rd.result()["steps"] >= 1
+    job_id = rd.last_submission()["job_id"]
+    wait_for_state(job_id, "COMPLETED", 30)
+    logs = sorted(results.rglob(f"{job_id}_*_log.err"))
+    assert len(logs) == 2, logs  # one per task
+    errs = "".join(p.read_text() for p in logs)
+    assert "terminate called" not in errs and "Traceback" not in errs, errs
+    assert len(mlflow_runs_of(tracking_uri, rd.run_id)) == 1

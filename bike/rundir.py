@@ -24,9 +24,11 @@ imports neither torch nor numpy at import time (torch only inside :func:`atomic_
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -101,9 +103,45 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         _fsync(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        written = tmp.stat().st_size if tmp.is_file() else 0
+        free = _free_bytes(path.parent)  # before the temporary goes: what the write met
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, Exception) and _out_of_space(exc, free):
+            raise NoSpaceError(
+                errno.ENOSPC,
+                f"{path}: writing it failed ({type(exc).__name__}: {str(exc).strip()[:200]}) with "
+                f"{written / 2**20:.0f} MiB written and {free / 2**20:.0f} MiB free on its filesystem: no space "
+                "left; free some, or point --results (the run directories) at a larger filesystem; a rerun resumes "
+                "from the last checkpoint that was written",
+            ) from exc
         raise
+
+
+class NoSpaceError(OSError):
+    """A run-directory file could not be written because its filesystem is full (names the file)."""
+
+
+#: Below this many free bytes a failed write is taken for a full filesystem, whatever the writer raised
+#: (``torch.save`` reports a short write as ``RuntimeError: ... unexpected pos``).
+LOW_SPACE_BYTES = 64 * 2**20
+
+
+def _free_bytes(directory: Path) -> int:
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return -1
+
+
+def _out_of_space(exc: BaseException, free: int) -> bool:
+    """``exc`` (or an exception it chains) is ENOSPC/EDQUOT, or the filesystem had almost no room left."""
+    seen: Optional[BaseException] = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return 0 <= free < LOW_SPACE_BYTES
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 
@@ -79,3 +80,37 @@ def test_run_checkpoint_prefers_best_then_latest(tmp_path):
     (tmp_path / "checkpoints" / "best.pt").rmdir()
     atomic_write_bytes(tmp_path / "checkpoints" / "best.pt", b"x")
     assert run_checkpoint(tmp_path) == tmp_path / "checkpoints" / "best.pt"
+
+
+def _short_write(f):
+    """What torch.save does when the disk fills up mid-checkpoint: part written, then a RuntimeError."""
+    f.write(b"\x00" * 4096)
+    raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 3449722432 vs 3449722320")
+
+
+def test_a_write_on_a_full_filesystem_says_so_and_names_the_file(tmp_path, monkeypatch):
+    target = tmp_path / "checkpoints" / "latest.pt"
+    usage = type("Usage", (), {"free": 3 * 2**20})()  # 3 MiB left, under rundir.LOW_SPACE_BYTES
+    monkeypatch.setattr(rundir.shutil, "disk_usage", lambda _d: usage)
+    with pytest.raises(rundir.NoSpaceError) as info:
+        rundir.atomic_write(target, _short_write)
+    msg = str(info.value)
+    assert str(target) in msg and "no space left" in msg and "3 MiB free" in msg and "unexpected pos" in msg
+    assert info.value.errno == errno.ENOSPC and isinstance(info.value.__cause__, RuntimeError)
+    assert os.listdir(target.parent) == []  # the partial temporary is gone
+
+
+def test_enospc_from_the_writer_is_reported_whatever_the_free_space(tmp_path):
+    def full(f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(rundir.NoSpaceError, match="no space left"):
+        rundir.atomic_write(tmp_path / "m.pt", full)
+
+
+def test_other_write_errors_pass_through_unchanged_when_there_is_room(tmp_path, monkeypatch):
+    usage = type("Usage", (), {"free": 50 * 2**30})()
+    monkeypatch.setattr(rundir.shutil, "disk_usage", lambda _d: usage)
+    with pytest.raises(RuntimeError, match="unexpected pos") as info:
+        rundir.atomic_write(tmp_path / "m.pt", _short_write)
+    assert not isinstance(info.value, OSError)

@@ -88,10 +88,12 @@ node_state() { sinfo -h -N -p "$PARTITION" -o '%T' 2>/dev/null | head -1 | tr -d
 node_usable() { case "$(node_state)" in idle|mixed|allocated|completing) return 0 ;; *) return 1 ;; esac; }
 
 # ------------------------------------------------------------------------------------------ fast path
-# Everything already running with the configuration on disk: nothing to do.
+# Everything already running with the configuration on disk, accounting answering: nothing to do
+# (a MariaDB that died under slurmdbd takes the full path, which starts it again).
 if [ -s "$STARTED_SUM" ] && [ "$(cat "$STARTED_SUM")" = "$(config_sum)" ] \
     && alive "$DBD_PID" slurmdbd && alive "$CTLD_PID" slurmctld && alive "$SLURMD_PID" slurmd \
-    && scontrol ping >/dev/null 2>&1 && node_usable; then
+    && scontrol ping >/dev/null 2>&1 && node_usable \
+    && mysqladmin --socket="$DB_SOCK" ping >/dev/null 2>&1 && sacct -n -X -S now >/dev/null 2>&1; then
     log "already up: node $(hostname -s) is $(node_state), partition $PARTITION ($(elapsed) s)"
     exit 0
 fi

@@ -26,7 +26,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
 
 from bike.config import ConfigError, DataConfig
 
@@ -93,9 +93,13 @@ class SplitSummary:
 
 
 # ---------------------------------------------------------------------------------- what to check
-#: What the check reads: (data config, split), or (data config, split, report label) where one split is read
-#: from several lists (the K600 split lists); the report labels a split ``<dataset>/<label or split>``.
-Need = tuple  # tuple[DataConfig, str] | tuple[DataConfig, str, str]
+class Need(NamedTuple):
+    """What the check reads: one split of one dataset. ``label`` names it in the report where one split is
+    read from several lists (the K600 split lists); the report labels a split ``<dataset>/<label or split>``."""
+
+    data: DataConfig
+    split: str
+    label: Optional[str] = None
 
 
 def needs_of_spec(spec_path: str, scale: str, overrides: Sequence[str], results: Path, world: Any = None) -> list[Need]:
@@ -115,7 +119,7 @@ def needs_of_spec(spec_path: str, scale: str, overrides: Sequence[str], results:
         if cfg.eval.protocol == "zero_shot_k600":  # first: the run's own list is usually split 1's
             for i, split_cfg in enumerate(k600_split_configs(cfg)):
                 label = k600_split_cache_name(cfg.eval.split, i)
-                out.setdefault((split_cfg.data.model_dump_json(), cfg.eval.split), (split_cfg.data, cfg.eval.split, label))
+                out.setdefault((split_cfg.data.model_dump_json(), cfg.eval.split), Need(split_cfg.data, cfg.eval.split, label))
         splits = {cfg.eval.split}
         if run.kind == "train":
             splits.add("train")
@@ -123,12 +127,12 @@ def needs_of_spec(spec_path: str, scale: str, overrides: Sequence[str], results:
                 splits.add(cfg.train.select_on)
         for split in splits:
             split = "train" if split == "tune" else split
-            out.setdefault((cfg.data.model_dump_json(), split), (cfg.data, split))
+            out.setdefault((cfg.data.model_dump_json(), split), Need(cfg.data, split))
     return list(out.values())
 
 
 def needs_of_args(fmt: str, root: str, lists: Sequence[str], class_file: str, dataset: str = "data",
-                  frame_template: Optional[str] = None) -> list[tuple[DataConfig, str]]:
+                  frame_template: Optional[str] = None) -> list[Need]:
     """An explicit dataset: ``lists`` are ``SPLIT=FILE`` (or a bare FILE: ``val``)."""
     from pydantic import ValidationError
 
@@ -152,7 +156,7 @@ def needs_of_args(fmt: str, root: str, lists: Sequence[str], class_file: str, da
         data = DataConfig(**kwargs)
     except ValidationError as exc:
         raise ConfigError(format_validation_error("command line (--format/--root/--list/--class-file)", exc)) from None
-    return [(data, s) for s in splits]
+    return [Need(data, s) for s in splits]
 
 
 def _label_range(records) -> tuple[Optional[int], Optional[int]]:
@@ -169,13 +173,13 @@ def gather(needs: Iterable[Need]) -> tuple[list[SplitSummary], list[Target]]:
 
     summaries: list[SplitSummary] = []
     targets: dict[str, Target] = {}
-    for data, split, *named in needs:
+    for data, split, named in needs:
         try:
             records, names = read_dataset(data, split)
             _, excluded = apply_exclude_list(records, data)
         except ListFormatError as exc:
             raise ConfigError(str(exc)) from None
-        label = f"{data.dataset}/{named[0] if named else split}"
+        label = f"{data.dataset}/{named or split}"
         lo, hi = _label_range(records)
         summaries.append(SplitSummary(label, str(getattr(data, f"{split}_list")), len(records), len(names), lo, hi, len(excluded)))
         for r in records:

@@ -82,10 +82,12 @@ class _Reader:
 
     def __init__(self) -> None:
         self.memo: dict[tuple[str, str], Any] = {}
+        #: keys of the (data, split) reads that failed on a label outside the class file's range
+        self.out_of_range: set[tuple[str, str]] = set()
 
     def dataset(self, data: Any, split: str) -> tuple[Optional[list], Optional[str]]:
         """(records, None) or (None, why) for ``split`` of ``data`` (a DataConfig)."""
-        from bike.data.lists import read_dataset
+        from bike.data.lists import LabelRangeError, read_dataset
 
         key = (data.model_dump_json(), split)
         if key not in self.memo:
@@ -93,7 +95,13 @@ class _Reader:
                 self.memo[key] = (read_dataset(data, split)[0], None)
             except (OSError, UnicodeDecodeError, ValueError) as exc:  # ListFormatError is a ValueError
                 self.memo[key] = (None, short_text(str(exc), 600))
+                if isinstance(exc, LabelRangeError):
+                    self.out_of_range.add(key)
         return self.memo[key]
+
+    def label_out_of_range(self, data: Any, split: str) -> bool:
+        """Whether reading ``split`` of ``data`` failed on a label outside the class file's range."""
+        return (data.model_dump_json(), split) in self.out_of_range
 
     def classes(self, data: Any) -> Optional[str]:
         from bike.data.lists import read_classes
@@ -230,7 +238,8 @@ def check_config(config: RunConfig, kind: str, world_size: int = 1, planned_dirs
                     continue
                 _, why = reader.dataset(split_cfg.data, c.eval.split)
                 if why:
-                    whose = f" (its labels index the classes of eval.k600_split_files[{i}])" if "out of range" in why else ""
+                    whose = (f" (its labels index the classes of eval.k600_split_files[{i}])"
+                             if reader.label_out_of_range(split_cfg.data, c.eval.split) else "")
                     out.append(f"eval.k600_split_lists[{i}]: got {short_repr(c.eval.k600_split_lists[i])}; {why}{whose}")
     return out
 

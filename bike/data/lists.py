@@ -53,6 +53,10 @@ class ListFormatError(ValueError):
     """A list, class or annotation file that cannot be parsed; the message names file, line and field."""
 
 
+class LabelRangeError(ListFormatError):
+    """A list's label outside the class file's range (the list and the class file do not belong together)."""
+
+
 @dataclass(frozen=True)
 class VideoRecord:
     """One sample of a dataset list.
@@ -149,7 +153,7 @@ def _parse_seconds(text: str, path: PathLike, lineno: int, field: str) -> float:
 
 def _check_range(value: int, num_classes: Optional[int], path: PathLike, lineno: int, field: str) -> None:
     if num_classes is not None and not 0 <= value < num_classes:
-        raise ListFormatError(
+        raise LabelRangeError(
             f"{_where(path, lineno)}: field '{field}': label {value} is out of range; "
             f"expected 0..{num_classes - 1} ({num_classes} classes in the class file)"
         )

@@ -85,6 +85,16 @@ def test_status_durations():
     assert [_duration(x) for x in (None, 14.2, 185, 7380, -1)] == ["", "14s", "3m05s", "2h03m", ""]
 
 
+def test_status_headline_is_top1_for_single_label_and_map_for_multi_label():
+    from harness.cli import _headline
+
+    # a single-label result carries ActivityNet's mAP beside top-1 (bike.engine.eval_loop.protocol_metrics)
+    single = {"metrics": {"mAP": 0.25, "top1": 12.5, "top5": 40.0, "video_mAP": 0.25}}
+    multi = {"metrics": {"mAP": 31.4, "video_mAP": 31.4, "mAP_official_running": 30.9}}
+    zero_shot = {"metrics": {"top1": 50.0, "zs_half_mean": 48.25}}
+    assert [_headline(r) for r in (single, multi, zero_shot)] == ["top1 12.50", "mAP 31.40", "zs_half_mean 48.25"]
+
+
 def test_run_status_and_sync(spec_file, tmp_path, capsys, fake_engine_kinds):
     results = tmp_path / "results"
     common = ["--results", str(results)]

@@ -266,18 +266,19 @@ def run_specs(
     log: Callable[[str], None] = print,
     show: str = "text",
     rewrite: Optional[Callable[[Plan], Plan]] = None,
+    absent_checkpoints: str = "skip",
 ) -> DriveResult:
     """Expand, submit, wait, log to MLflow and collect the cells of ``specs``.
 
     ``show`` (with ``dry_run``): ``text`` (waves and runs, one line each), ``json`` (one JSON object
     per planned run on stdout, :func:`plan_record`) or ``yaml`` (the same records as YAML documents).
     ``rewrite``: a function of the expanded plan returning the plan to run instead (``bikebench rehearse``,
-    :mod:`harness.rehearse`)."""
+    :mod:`harness.rehearse`); ``absent_checkpoints``: :func:`harness.expand.expand`'s."""
     results = Path(results).resolve()
     needs_world = scale == "smoke"
     if world is None and needs_world:
         world = bike_world(default_world_root(results), size=world_size)
-    plan = expand(list(specs), scale, results, world=world, only=only)
+    plan = expand(list(specs), scale, results, world=world, only=only, absent_checkpoints=absent_checkpoints)
     if rewrite is not None:
         plan = rewrite(plan)
     runner = Runner(results, cluster, job_targets=job_targets, resources=resources, parallelism=parallelism,

@@ -198,10 +198,11 @@ def _find_spec_file(ref: str, referrer: Path) -> Path:
 
 
 class _Expander:
-    def __init__(self, scale: str, results: Path, world: Optional[WorldProvider]):
+    def __init__(self, scale: str, results: Path, world: Optional[WorldProvider], absent_checkpoints: str = "skip"):
         self.scale = scale
         self.results = results.resolve()
         self.world = world
+        self.absent_checkpoints = absent_checkpoints
         self.runs: dict[str, PlannedRun] = {}
         self.memo: dict[tuple[str, str], Optional[str]] = {}
         self.not_run: list[NotRunCell] = []
@@ -226,7 +227,8 @@ class _Expander:
         dependency: Optional[str] = None
         if self.scale not in v.run_at:
             reason = v.not_run_note or f"variant {variant!r} does not run at scale {self.scale}"
-        elif isinstance(v.init_from, str) and v.source_url and not Path(v.init_from).expanduser().exists():
+        elif (isinstance(v.init_from, str) and v.source_url and self.absent_checkpoints == "skip"
+              and not Path(v.init_from).expanduser().exists()):
             reason = f"{v.init_from} not found: download it from {v.source_url}"
         elif isinstance(v.init_from, InitFromSpec):
             dep_spec = spec
@@ -274,14 +276,20 @@ def expand(
     results: str | Path,
     world: Optional[WorldProvider] = None,
     only: Optional[Iterable[str]] = None,
+    absent_checkpoints: str = "skip",
 ) -> Plan:
     """Expand specs into a :class:`Plan` at ``scale``; ``only`` limits to some variants (+ dependencies).
 
     Every variant is resolved and validated here, so an invalid spec fails before any submission.
+    ``absent_checkpoints``: a variant that evaluates a released checkpoint (``init_from`` a file, with
+    ``source_url``) that is not on disk is a not-run cell saying where to download it (``skip``), or is
+    planned all the same (``plan``: ``bikebench rehearse``, which evaluates random weights in its place).
     """
+    if absent_checkpoints not in ("skip", "plan"):
+        raise ValueError(f"absent_checkpoints: got {absent_checkpoints!r}; expected 'skip' or 'plan'")
     if isinstance(specs, Spec):
         specs = [specs]
-    exp = _Expander(scale, Path(results), world)
+    exp = _Expander(scale, Path(results), world, absent_checkpoints)
     wanted = set(only) if only else None
     for spec in specs:
         exp.specs[str(spec.path)] = spec

@@ -100,6 +100,43 @@ def test_unknown_class_count_is_a_clear_error(tmp_path, capsys):
     assert "mydata" in err and "dataset.expected_lines.classes" in err
 
 
+ZOO_SPEC = """
+name: micro_zoo
+family: general
+stage: eval
+dataset:
+  name: ucf101
+  format: frame_dir
+  root: {data}/ucf101/frames
+  frame_template: "image_{{:04d}}.jpg"
+  val_list: {data}/ucf101/val_rgb_split_1.txt
+  class_file: {data}/ucf101/ucf_labels.csv
+  expected_lines: {{classes: 101}}
+model: {{backbone: bike-micro, pretrained: null, frames: 4, resolution: 32}}
+attributes: {{enabled: false}}
+variants:
+  released:
+    init_from: {data}/checkpoints/ucf-micro.pt
+    source_url: https://example.org/ucf-micro.pt
+    cells: [{{table: readme_ucf_hmdb, row: vitl14_16x224, column: ucf101, metric: video_top1}}]
+"""
+
+
+def test_rehearse_evaluates_a_released_checkpoint_that_is_absent_with_random_weights(tmp_path, capsys):
+    """A zoo row (a released checkpoint to download) is a not-run cell of a real run, but is rehearsed: its
+    evaluation runs on random weights and the report says so."""
+    spec = _spec(tmp_path, ZOO_SPEC)
+    results = tmp_path / "results"
+    plan = expand(load_spec(spec), "full", results)
+    assert not plan.runs and "not found: download it from https://example.org/ucf-micro.pt" in plan.not_run[0].reason
+    code = main(["rehearse", str(spec), "--results", str(results), "--executor", "debug", "--poll", "0.2"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    (run,) = json.loads((results / "rehearsal" / "rehearsal.json").read_text())["runs"]
+    assert run["status"] == "done" and run["requested_by"] == ["micro_zoo.released"] and "video_top1" in run["metrics"]
+    assert any("ucf-micro.pt absent here (a released checkpoint)" in c for c in run["changes"])
+
+
 def test_steps_below_two_are_refused():
     with pytest.raises(ValueError, match="--steps 1"):
         RehearsalOptions(steps=1)
@@ -123,14 +160,20 @@ def _check_k600_split_lists(cfg: RunConfig) -> None:
     assert len({tuple(n) for n in classes}) == 3 and all(kept) and kept[0] == kept[1] == kept[2]
 
 
-@pytest.mark.parametrize("spec_name", ["charades", "anet", "zero_shot_half", "few_shot", "table1"])
+SHIPPED_SPECS = sorted(p.stem for p in (REPO / "experiments").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("spec_name", SHIPPED_SPECS)
 def test_shipped_specs_mirror_in_the_released_formats(tmp_path, spec_name):
-    """Every list the rewritten full-scale runs read parses with the released formats' readers, with the
-    real class count (and the K600 splits name classes of the class file)."""
+    """Every shipped spec has a rehearsal plan: every list the rewritten full-scale runs read parses with the
+    released formats' readers, with the real class count (and the K600 splits name classes of the class file)."""
     spec = load_spec(REPO / "experiments" / f"{spec_name}.yaml")
-    plan = expand(spec, "full", tmp_path / "results")
+    plan = expand(spec, "full", tmp_path / "results", absent_checkpoints="plan")
     new = rehearsal_plan(plan, RehearsalOptions(per_class=1))
     assert new.runs
+    # every variant that runs at full scale is rehearsed (the zoo's released checkpoints are absent here)
+    assert {v for r in new.runs for s, v in r.requested_by if s == spec.name} == {
+        name for name, v in spec.variants.items() if "full" in v.run_at}
     if spec_name == "zero_shot_half":  # the released K600 protocol's split lists are mirrored
         assert sum(bool(r.config.eval.k600_split_lists) for r in new.runs) == 1
     for run in new.runs:

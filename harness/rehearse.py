@@ -126,6 +126,8 @@ class MirrorList:
 
     path: str
     keys: list[str]
+    #: the label of each entry (same order as ``keys``); empty where not recorded
+    labels: list[Any] = field(default_factory=list)
 
 
 class Mirror:
@@ -370,7 +372,7 @@ class Mirror:
         else:
             text = "\n".join(lines) + "\n"
         _write_if_changed(path, text)
-        return MirrorList(str(path), keys)
+        return MirrorList(str(path), keys, list(labels))
 
 
 def _csv(name: str) -> str:
@@ -394,6 +396,46 @@ def _spread(keys: Sequence[str], n: int) -> list[str]:
         return list(keys)
     step = len(keys) / n
     return [keys[int(i * step)] for i in range(n)]
+
+
+def _cover_class_splits(ml: MirrorList, keep: Sequence[str], splits: Sequence[Any]) -> list[str]:
+    """``keep`` plus as few entries of ``ml`` as a greedy cover needs so that every class split (an array of
+    class indices) has a kept video of one of its classes: the half-class protocol evaluates each split on
+    the videos of its classes and refuses a split without any."""
+    first_key: dict[Any, str] = {}
+    for key, label in zip(ml.keys, ml.labels):
+        first_key.setdefault(label, key)
+    label_of = dict(zip(ml.keys, ml.labels))
+    have = {label_of[k] for k in keep if k in label_of}
+    uncovered = [set(int(c) for c in split) for split in splits]
+    uncovered = [u for u in uncovered if not u & have]
+    chosen = set(keep)
+    while uncovered:
+        counts: dict[int, int] = {}
+        for u in uncovered:
+            for c in u:
+                if c in first_key:
+                    counts[c] = counts.get(c, 0) + 1
+        if not counts:
+            break  # a split none of whose classes has a video: the engine names it
+        best = max(sorted(counts), key=lambda c: counts[c])
+        chosen.add(first_key[best])
+        uncovered = [u for u in uncovered if best not in u]
+    return [k for k in ml.keys if k in chosen]
+
+
+def _evaluation_keys(ml: MirrorList, cfg: RunConfig, n: int, num_classes: int) -> list[str]:
+    """The entries of an evaluation list a rehearsal keeps: ``n`` spread over the list; the K600 split lists'
+    first ``n`` (the videos every split list shares); for the half-class protocol also a video of some class
+    of every split."""
+    if cfg.eval.protocol == "zero_shot_k600":
+        return ml.keys[:n]
+    keep = _spread(ml.keys, n)
+    if cfg.eval.protocol == "zero_shot_half" and ml.labels:
+        from bike.protocols import half_class_splits
+
+        keep = _cover_class_splits(ml, keep, half_class_splits(num_classes, cfg.eval.zero_shot_splits))
+    return keep
 
 
 # --------------------------------------------------------------------------------------- weights
@@ -581,7 +623,7 @@ def rewrite_config(run: PlannedRun, options: RehearsalOptions, mirror: Mirror, m
                 continue  # K videos of every class are needed
             keep = _spread(ml.keys, options.train_videos)
         else:
-            keep = _spread(ml.keys, options.val_videos) if cfg.eval.protocol != "zero_shot_k600" else ml.keys[:options.val_videos]
+            keep = _evaluation_keys(ml, cfg, options.val_videos, built["classes"])
         kept[split] = len(keep)
         chosen.update(keep)
         listed += ml.keys

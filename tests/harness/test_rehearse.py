@@ -6,6 +6,7 @@ import json
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bike.config import RunConfig
@@ -193,6 +194,31 @@ def test_shipped_specs_mirror_in_the_released_formats(tmp_path, spec_name):
             assert len(splits) == 3
         for dep in run.dependencies:
             assert cfg.init_from.endswith(dep)
+
+
+def test_half_class_evaluation_keeps_a_video_of_every_split(tmp_path):
+    """The half-class zero-shot protocol evaluates each of its 10 splits on the videos of its classes and refuses a
+    split without any, so a rehearsal keeping one evaluation video (--val-videos 1) must keep a video of some class
+    of every split (a rehearsal of zero_shot_half.yaml failed: 'class split [1, 2, 3, 4, 5]...: no video has a
+    label in it')."""
+    from bike.data.lists import apply_exclude_list
+
+    spec = load_spec(REPO / "experiments" / "zero_shot_half.yaml")
+    plan = expand(spec, "full", tmp_path / "results", absent_checkpoints="plan")
+    new = rehearsal_plan(plan, RehearsalOptions(per_class=1, val_videos=1))
+    half = [r for r in new.runs if r.config.eval.protocol == "zero_shot_half"]
+    assert {r.requested_by[0][1] for r in half} == {"ucf101", "hmdb51", "anet"}
+    for run in half:
+        cfg = run.config
+        records, names = read_dataset(cfg.data, cfg.eval.split)
+        kept, _ = apply_exclude_list(records, cfg.data)
+        labels = {r.label for r in kept}
+        # the splits as the released code draws them: np.random.seed(s); np.random.permutation(C)[:C // 2]
+        # (the same stream as a RandomState(s), which leaves the global generator alone)
+        for s in range(cfg.eval.zero_shot_splits):
+            split = set(np.random.RandomState(s).permutation(len(names))[: len(names) // 2].tolist())
+            assert labels & split, (run.requested_by, s)
+        assert len(kept) <= cfg.eval.zero_shot_splits  # a cover, not the whole list
 
 
 MICRO_K600 = """

@@ -162,14 +162,37 @@ def init_distributed(backend: Optional[str] = None, timeout: timedelta = DEFAULT
     else:
         device = torch.device("cpu")
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = addr, str(port)
+    global _STORE, _GENERATION
+    store, _, _ = next(dist.rendezvous(f"tcp://{addr}:{port}", rank, world, timeout=timeout))
+    _GENERATION += 1
+    _STORE = _Store(store, rank0_serves=os.environ.get(AGENT_STORE_VAR) != "True")
     dist.init_process_group(
         backend=backend or ("nccl" if cuda else "gloo"),
-        init_method=f"tcp://{addr}:{port}",
+        # keys of a later group in this process never meet a former group's (an agent's store outlives both)
+        store=dist.PrefixStore(f"bikebench/group{_GENERATION}/", store),
         rank=rank,
         world_size=world,
         timeout=timeout,
     )
     return DistInfo(rank, world, local, device)
+
+
+@dataclass
+class _Store:
+    """The key-value store of the group this process created, and whether rank 0 serves it.
+
+    Rank 0 serves it unless torchrun's agent does (``TORCHELASTIC_USE_AGENT_STORE=True``); a served
+    store lives exactly as long as rank 0 holds it, which :func:`shutdown` uses to order the ranks.
+    """
+
+    store: Any
+    rank0_serves: bool
+
+
+#: torchrun's variable saying its agent serves the store at MASTER_ADDR:MASTER_PORT for every rank.
+AGENT_STORE_VAR = "TORCHELASTIC_USE_AGENT_STORE"
+_STORE: Optional[_Store] = None
+_GENERATION = 0
 
 
 def _active() -> bool:
@@ -224,12 +247,34 @@ def shutdown() -> None:
 
     Destroying a gloo group while a peer is still talking to it can abort the process at exit
     ("terminate called without an active exception"), so every rank passes a barrier first.
+
+    When rank 0 serves the group's store (on ``MASTER_PORT``), the other ranks then wait until that
+    store has closed before they return: a rank that went on to join its next group (a resumed
+    training, an evaluation after it, in the same process) could otherwise reach the former store,
+    still open on the same port, and fail with "Connection reset by peer" when rank 0 closes it.
     """
+    global _STORE
     if not _active():
         return
+    held, _STORE = _STORE, None
     if world_size() > 1:
         dist.barrier()
+        if held is not None and held.rank0_serves and dist.get_rank() != 0:
+            _wait_until_closed(held.store)
     dist.destroy_process_group()
+    del held  # rank 0: the last reference to the store, whose server closes here
+
+
+#: A key nobody sets: reading it blocks until rank 0's store closes the connection.
+_NEVER_SET = "bikebench/rank0-store-closes-before-this-is-set"
+
+
+def _wait_until_closed(store: Any) -> None:
+    """Block until the server of ``store`` closes (the read fails), or the store's own timeout."""
+    try:
+        store.get(_NEVER_SET)
+    except RuntimeError:  # DistNetworkError when the server closes; DistStoreError on its timeout
+        return
 
 
 # ----------------------------------------------------------------------------------- gather

@@ -4,6 +4,7 @@ checked with two real gloo processes against one process computing the loss on t
 from __future__ import annotations
 
 import os
+import time
 import socket
 
 import pytest
@@ -220,6 +221,31 @@ def test_a_run_leaves_the_group_it_created_and_its_threads(tmp_path):
         assert seen["after_run"] == (False, [])
         assert seen["caller_group_kept"] is True
         assert seen["after_failure"] is True
+
+
+def _rejoin_worker(rank: int, port: int, out_dir: str) -> None:
+    for key in ENV_KEYS:
+        os.environ.pop(key, None)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    if rank == 0:  # rank 0 is slow to close its group (and the store it serves on MASTER_PORT)
+        destroy = torch.distributed.destroy_process_group
+
+        def slow_destroy(*args, **kwargs):
+            time.sleep(1.0)
+            return destroy(*args, **kwargs)
+
+        torch.distributed.destroy_process_group = slow_destroy
+    totals = [_a_run(False) for _ in range(3)]  # e.g. a training, its resumption, an evaluation
+    torch.save(totals, os.path.join(out_dir, f"rejoin-rank{rank}.pt"))
+
+
+@pytest.mark.distributed
+def test_runs_one_after_another_rejoin_on_the_same_port(tmp_path):
+    """Rank 1 leaves first and joins its next group while rank 0 still serves the former store."""
+    mp.spawn(_rejoin_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    for rank in range(WORLD):
+        assert torch.load(tmp_path / f"rejoin-rank{rank}.pt") == [2 * (1 + 2)] * 3
 
 
 def test_the_engine_entry_points_leave_their_group():

@@ -213,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     wb.add_argument("--root", default=None, type=_directory, help="default: $BIKE_WORLD or <results>/world")
     wb.add_argument("--seed", type=_count, default=0)
     wb.add_argument("--force", action="store_true", help="rebuild, replacing whatever world is at --root")
+    wb.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                    help="a WorldConfig field other than the size preset's (repeatable; a tuple as comma-separated "
+                         "values), e.g. --set window=0.6,0.9 --set pretrain_tail_every=4; commands that use the "
+                         "world afterwards keep its settings (docs/world.md)")
     _common(wb)
 
     p = sub.add_parser("check", help="regression check against the paper / the blessed baseline")
@@ -547,9 +551,15 @@ def cmd_world(args: argparse.Namespace) -> int:
 
     from bike.world.build import WorldError
 
+    from bike.world.config import parse_settings
+
     root = Path(args.root).resolve() if args.root else default_world_root(args.results)
     try:
-        info = build_world(root, size=args.size, seed=args.seed, force=args.force)
+        settings = parse_settings(args.settings, args.size)
+    except ValueError as exc:
+        raise ConfigError(f"command line: {exc}") from None
+    try:
+        info = build_world(root, size=args.size, seed=args.seed, force=args.force, **settings)
     except WorldError as exc:
         raise ConfigError(str(exc)) from None
     ident = info.identity

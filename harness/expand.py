@@ -160,9 +160,13 @@ def bike_world(root: str | Path, size: Optional[str] = None, seed: Optional[int]
             want_size = size or (found or {}).get("size") or "default"
             want_seed = seed if seed is not None else int((found or {}).get("seed", 0))
             from bike.world import build_world  # lazy: torch and the world generator
+            from bike.world.config import settings_of
 
+            # a world built with settings (`bikebench world build --set`) is used with them
+            same = found is not None and (found.get("size"), found.get("seed")) == (want_size, want_seed)
+            settings = settings_of(found) if same else {}
             try:
-                info_cache["info"] = info = build_world(root, size=want_size, seed=want_seed)
+                info_cache["info"] = info = build_world(root, size=want_size, seed=want_seed, **settings)
             except WorldError as exc:
                 raise SpecError(str(exc)) from None
             if log is not None:

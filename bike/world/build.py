@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from bike.rundir import atomic_write_text
-from bike.world.config import Size, WorldConfig, world_config
+from bike.world.config import Size, WorldConfig, settings_of, world_config
 from bike.world.dataset import LEXICON_DIR, LIST_DIR, VIDEO_DIR, plan_world, write_text_files, write_videos
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,8 @@ class WorldInfo:
     checkpoint_sha256: str = ""
     #: The CPU numerics the checkpoint was pretrained with (``bike.numerics.describe``).
     numerics: dict = field(default_factory=dict)
+    #: The ``WorldConfig`` fields the build set beyond the size preset (``bikebench world build --set``).
+    settings: dict = field(default_factory=dict)
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -158,6 +160,7 @@ class WorldInfo:
             "frames": self.frames, "resolution": self.resolution, "prompt": self.prompt, "layout": self.layout,
             "counts": self.counts, "metrics": self.metrics, "timings": self.timings,
             "checkpoint_sha256": self.checkpoint_sha256, "numerics": self.numerics,
+            **({"settings": self.settings} if self.settings else {}),
         }
 
     @classmethod
@@ -170,6 +173,7 @@ class WorldInfo:
                 resolution=int(m["resolution"]), prompt=m["prompt"], layout=dict(m["layout"]), counts=m["counts"],
                 metrics=m["metrics"], timings=m.get("timings", {}),
                 checkpoint_sha256=m.get("checkpoint_sha256", ""), numerics=m.get("numerics", {}),
+                settings=settings_of(m),
             )
         except KeyError as exc:
             raise WorldError(f"{root / MANIFEST}: field {exc.args[0]!r} missing; expected a manifest written by build_world") from None
@@ -204,12 +208,27 @@ def _locked(root: Path):
     return file_lock(root / LOCK)
 
 
-def _refuse_other_world(root: Path, size: str, seed: int) -> None:
-    """Raise when ``root`` holds a finished world of another size or seed: it is never replaced
-    silently (a world of the same size and seed built by an older bikebench is rebuilt in place)."""
+def _describe_settings(settings: dict[str, Any]) -> str:
+    return " ".join(f"--set {k}={','.join(map(str, v)) if isinstance(v, (tuple, list)) else v}"
+                    for k, v in sorted(settings.items())) or "no --set"
+
+
+def _refuse_other_world(root: Path, size: str, seed: int, settings: Optional[dict[str, Any]] = None) -> None:
+    """Raise when ``root`` holds a finished world of another size, seed or settings: it is never replaced
+    silently (a world of the same size, seed and settings built by an older bikebench is rebuilt in place)."""
     m = read_manifest(root)
-    if m is None or (m.get("size"), m.get("seed")) == (size, seed):
+    if m is None:
         return
+    if (m.get("size"), m.get("seed")) == (size, seed):
+        theirs, ours = settings_of(m), dict(settings or {})
+        if theirs == ours:
+            return
+        raise WorldError(
+            f"{root / MANIFEST}: {root} holds the {size!r} world of seed {seed} built with "
+            f"{_describe_settings(theirs)}; this command asks for it with {_describe_settings(ours)}. Use "
+            f"another directory (--root / --world-root), or replace it with `bikebench world build --force`; "
+            f"nothing was deleted"
+        )
     raise WorldError(
         f"{root / MANIFEST}: {root} holds the {m.get('size')!r} world of seed {m.get('seed')} (config "
         f"{m.get('config_hash')}); this command asks for the {size!r} world of seed {seed}. Use that world "
@@ -247,23 +266,28 @@ def build_world(
             pretrains). Default: 2 for worlds of more than ``PARALLEL_MIN_VIDEOS`` videos on a machine
             with at least 2 CPUs, else 1.
         progress: called with one-line progress messages (default: logging).
-        overrides: ``WorldConfig`` fields that replace the preset's.
+        overrides: ``WorldConfig`` fields that replace the preset's (``bikebench world build --set``); a
+            world at ``root`` with the same size and seed but other settings is refused, not replaced.
     """
     root = Path(root).resolve()
     cfg = world_config(size, **overrides)
+    preset = world_config(size)
+    # the settings as the manifest records them: tuples as tuples, values equal to the preset's dropped
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in ((k, getattr(cfg, k)) for k in overrides)}
+    overrides = {k: v for k, v in given.items() if v != getattr(preset, k)}
     config_hash = cfg.content_hash(seed)
     if not force:
         info = _is_current(root, config_hash)
         if info is not None:
             return info
-        _refuse_other_world(root, size, seed)
+        _refuse_other_world(root, size, seed, overrides)
     root.mkdir(parents=True, exist_ok=True)
     with _locked(root):
         if not force:
             info = _is_current(root, config_hash)  # another process may have built it meanwhile
             if info is not None:
                 return info
-            _refuse_other_world(root, size, seed)
+            _refuse_other_world(root, size, seed, overrides)
         from bike.numerics import pinned
 
         with pinned() as numerics:  # the same checkpoint on every x86-64 CPU with AVX2
@@ -271,14 +295,14 @@ def build_world(
 
             say = progress or BuildProgress()  # timestamped stage lines on stderr (a bar for the pretraining on a TTY)
             try:
-                return _build(root, size, cfg, seed, config_hash, force, workers, say, numerics)
+                return _build(root, size, cfg, seed, config_hash, force, workers, say, numerics, overrides)
             finally:
                 getattr(say, "close", lambda: None)()
 
 
 def _build(
     root: Path, size: str, cfg: WorldConfig, seed: int, config_hash: str, force: bool,
-    workers: Optional[int], say: Callable[[str], None], numerics: dict,
+    workers: Optional[int], say: Callable[[str], None], numerics: dict, settings: Optional[dict] = None,
 ) -> WorldInfo:
     from bike.world import measure
     from bike.world.pretrain import pretrain_clip, save_checkpoint
@@ -349,7 +373,7 @@ def _build(
         root=root, size=size, seed=seed, config_hash=config_hash, config=json.loads(json.dumps(cfg.to_dict())), model_name=cfg.model,
         checkpoint=ckpt, frames=cfg.model_frames, resolution=_image_size(model), prompt=cfg.prompt,
         layout=asdict(layout), counts=_counts(plan, root), metrics=metrics, timings=timings,
-        checkpoint_sha256=file_sha256(ckpt), numerics=numerics,
+        checkpoint_sha256=file_sha256(ckpt), numerics=numerics, settings=dict(settings or {}),
     )
     _write_manifest(root, info)
     say(f"world built in {timings['total_s']:.1f}s: {json.dumps(metrics.get('zero_shot_novel', {}))}")

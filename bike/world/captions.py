@@ -20,6 +20,7 @@ from bike.world.config import (
     SHAPE_WORDS,
     STILL,
     STILL_WORDS,
+    UNRELATED_PHRASES,
 )
 from bike.world.snapshots import DISTRACTOR, MAIN, SnapshotPool, Vocabulary
 
@@ -108,11 +109,25 @@ def truth_matrix(pool: SnapshotPool, idx: np.ndarray, specs: list[CaptionSpec]) 
     return np.where(empty, frame_empty, obj_true & ~empty)
 
 
-def vocabulary_phrases(vocab: Vocabulary) -> list[str]:
-    """Every word the captions can use (to find the token ids the pretraining touches)."""
+def vocabulary_phrases(vocab: Vocabulary, negatives: bool = False) -> list[str]:
+    """Every word the captions can use (to find the token ids the pretraining touches); ``negatives``:
+    with the words of the negative captions (:func:`negative_captions`)."""
     words = list(vocab.colours) + ["shape"]
     for s in vocab.shapes:
         words += SHAPE_WORDS[s]
     for m in vocab.motions:
         words += motion_words(m)
+    words += list(UNRELATED_PHRASES) if negatives else []
     return words + list(EMPTY_WORDS) + [t.format("") for t in CAPTION_TEMPLATES + EMPTY_TEMPLATES]
+
+
+def negative_captions(count: int, taken: set[str], rng: np.random.Generator) -> list[str]:
+    """Up to ``count`` distinct captions of things no frame of the world shows (``UNRELATED_PHRASES``),
+    none of them in ``taken``: negatives of every frame, as a web-scale CLIP sees captions of things
+    absent from a given image."""
+    out: list[str] = []
+    for i in rng.permutation(len(UNRELATED_PHRASES))[:count]:
+        text = CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))].format(UNRELATED_PHRASES[int(i)])
+        if text not in taken:
+            out.append(text)
+    return out

@@ -19,7 +19,7 @@ from bike.numerics import NUMERICS_VERSION
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal, Mapping, Sequence
 
 from bike.data.video_io import ENCODER_VERSION
 
@@ -96,6 +96,14 @@ UNRELATED_PHRASES: tuple[str, ...] = (
 
 Size = Literal["default", "test"]
 
+#: ``WorldConfig`` fields that enter :meth:`WorldConfig.content_hash` only when their switch (the
+#: field named first) differs from its off value (second): ``{field: (switch, off)}``.
+HASHED_WHEN_ON: dict[str, tuple[str, object]] = {
+    "pretrain_negative_captions": ("pretrain_negative_captions", 0),
+    "pretrain_tail_every": ("pretrain_tail_every", 0),
+    "pretrain_tail_captions": ("pretrain_tail_every", 0),
+}
+
 
 @dataclass(frozen=True)
 class WorldConfig:
@@ -137,7 +145,14 @@ class WorldConfig:
     pretrain_weight_decay: float = 0.05
     pretrain_warmup: int = 50
     pretrain_holdout_novel: bool = True
+    #: captions of things no frame shows (``UNRELATED_PHRASES``) added to each pretraining step as
+    #: negatives only, so the lexicon's unrelated phrases are words the CLIP knows (0: off)
+    pretrain_negative_captions: int = 0
     pretrain_threads: int = 1
+    #: every this many steps, ``pretrain_tail_captions`` captions are read at a random padding position
+    #: after their end-of-text token, grounding every text position (0: off)
+    pretrain_tail_every: int = 0
+    pretrain_tail_captions: int = 16
     # what a BIKE run on this world uses
     model_frames: int = DEFAULT_FRAMES
     prompt: str = DEFAULT_PROMPT
@@ -169,6 +184,11 @@ class WorldConfig:
             raise ValueError(f"WorldConfig.window: got {self.window}; expected 0 < low <= high <= 1")
         if self.size % 16 or self.size < 32:
             raise ValueError(f"WorldConfig.size: got {self.size}; expected a multiple of 16, at least 32 (decord reads these widths)")
+        for name in ("pretrain_negative_captions", "pretrain_tail_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"WorldConfig.{name}: got {getattr(self, name)}; expected 0 (off) or more")
+        if self.pretrain_tail_captions < 1:
+            raise ValueError(f"WorldConfig.pretrain_tail_captions: got {self.pretrain_tail_captions}; expected at least 1")
         if self.frames < self.model_frames:
             raise ValueError(f"WorldConfig.frames: got {self.frames}; expected at least model_frames={self.model_frames}")
 
@@ -177,8 +197,15 @@ class WorldConfig:
         return len(self.shapes) * len(self.colours) * len(self.motions)
 
     def content_hash(self, seed: int, length: int = 10) -> str:
-        """Short hash of the config and the seed: the identity of the built world and its checkpoint."""
-        payload = json.dumps({"config": asdict(self), "seed": int(seed)}, sort_keys=True, separators=(",", ":"))
+        """Short hash of the config and the seed: the identity of the built world and its checkpoint.
+
+        Pretraining options added after the first worlds were built (``HASHED_WHEN_ON``) enter the hash
+        only when switched on, so a world built without them keeps its identity (and its baselines).
+        """
+        config = asdict(self)
+        for name in [n for n, (switch, off) in HASHED_WHEN_ON.items() if config[switch] == off]:
+            del config[name]
+        payload = json.dumps({"config": config, "seed": int(seed)}, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(payload.encode()).hexdigest()[:length]
 
     def to_dict(self) -> dict:
@@ -222,3 +249,57 @@ def world_config(size: str = "default", **overrides) -> WorldConfig:
     if unknown:
         raise ValueError(f"world config: unknown field(s) {unknown}; expected fields of WorldConfig")
     return replace(base, **overrides)
+
+
+#: Fields that say which bikebench wrote a world (a change rebuilds it in place), not how it is set.
+VERSION_FIELDS = ("generator_version", "encoder_version", "numerics_version")
+
+
+def parse_settings(items: Sequence[str], size: str = "default") -> dict[str, Any]:
+    """``KEY=VALUE`` strings (``bikebench world build --set``) -> ``WorldConfig`` overrides of the preset
+    ``size``, each value read as the type of the field (a tuple as comma-separated items).
+
+    ``parse_settings(["window=0.6,0.9", "pretrain_tail_every=4"])`` ->
+    ``{"window": (0.6, 0.9), "pretrain_tail_every": 4}``.
+    """
+    base = world_config(size)
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key, text = key.strip(), text.strip()
+        if not sep or not key:
+            raise ValueError(f"world setting {item!r}: expected KEY=VALUE, e.g. window=0.6,0.9")
+        if key not in base.__dataclass_fields__ or key in VERSION_FIELDS:
+            settable = sorted(k for k in base.__dataclass_fields__ if k not in VERSION_FIELDS)
+            raise ValueError(f"world setting {item!r}: unknown field {key!r}; expected one of {settable}")
+        current = getattr(base, key)
+        try:
+            if isinstance(current, bool):
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                value: Any = text.lower() in ("true", "1", "yes")
+            elif isinstance(current, tuple):
+                kind = type(current[0]) if current else str
+                value = tuple(kind(x.strip()) for x in text.split(",") if x.strip())
+                if len(value) != len(current) and key in ("window", "radius"):
+                    raise ValueError
+            else:
+                value = type(current)(text)
+        except ValueError:
+            shape = (f"{len(current)} comma-separated {type(current[0]).__name__} values" if isinstance(current, tuple)
+                     else type(current).__name__)
+            raise ValueError(f"world setting {item!r}: field {key!r} expects {shape} (now {current!r})") from None
+        out[key] = value
+    world_config(size, **out)  # the config's own checks (e.g. window bounds) name the field
+    return out
+
+
+def settings_of(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``WorldConfig`` fields a built world was given beyond its size preset (``bikebench world build
+    --set``), from its manifest's ``settings`` (absent: none), tuples restored from JSON lists."""
+    size = manifest.get("size") or "default"
+    preset = asdict(SIZES[size]) if size in SIZES else {}
+    out: dict[str, Any] = {}
+    for key, value in (manifest.get("settings") or {}).items():
+        out[key] = tuple(value) if isinstance(preset.get(key), tuple) and isinstance(value, list) else value
+    return out

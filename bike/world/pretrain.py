@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bike.rundir import atomic_write_torch
-from bike.world.captions import sample_captions, truth_matrix, vocabulary_phrases
+from bike.world.captions import negative_captions, sample_captions, truth_matrix, vocabulary_phrases
 from bike.world.config import WorldConfig
 from bike.world.generator import STREAM_PRETRAIN_STEPS, Composition
 from bike.world.snapshots import SnapshotPool, sample_pool
@@ -115,10 +115,14 @@ class ShortTextEncoder(nn.Module):
         remap[token_ids] = torch.arange(len(token_ids))
         self.register_buffer("remap", remap, persistent=False)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens ``[U, L]`` (zero padded) -> normalised features ``[U, D]``."""
+    def forward(self, tokens: torch.Tensor, pool_at: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """tokens ``[U, L]`` (zero padded) -> normalised features ``[U, D]``.
+
+        ``pool_at`` ``[U]``: read each caption's feature there (at or after its end-of-text token: a
+        padding position) instead of at its end-of-text token.
+        """
         m = self.model
-        eot = tokens.argmax(dim=-1)
+        eot = tokens.argmax(dim=-1) if pool_at is None else pool_at
         length = int(eot.max()) + 1
         local = self.remap[tokens[:, :length]]
         if (local < 0).any():
@@ -140,12 +144,16 @@ class ShortTextEncoder(nn.Module):
 def multi_positive_clip_loss(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     """Symmetric contrastive loss with several positives.
 
-    logits ``[B, U]`` (frames x distinct captions, scaled); truth bool ``[B, U]`` (every row and column
-    has at least one True). Cross-entropy to the uniform distribution over the true pairs, frames->text
-    and text->frames, averaged.
+    logits ``[B, U]`` (frames x distinct captions, scaled); truth bool ``[B, U]`` (every row has at least
+    one True; a column without one is a caption true of no frame: a negative of every frame, with no
+    text->frames term). Cross-entropy to the uniform distribution over the true pairs, frames->text and
+    text->frames, averaged.
     """
     t = truth.float()
     i2t = -(t / t.sum(1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1).mean()
+    cols = truth.any(0)
+    if not bool(cols.all()):  # captions true of no frame (negatives only) have no text->frame term
+        t, logits = t[:, cols], logits[:, cols]
     t2i = -(t / t.sum(0, keepdim=True) * F.log_softmax(logits, dim=0)).sum(0).mean()
     return (i2t + t2i) / 2
 
@@ -213,7 +221,7 @@ def _train(
     model: nn.Module, pool: SnapshotPool, cfg: WorldConfig, seed: int, say: Callable[[str], None], pool_seconds: float
 ) -> tuple[nn.Module, PretrainStats]:
     tokens = _Tokens(cfg.model)
-    vocab_ids = torch.unique(tokens(vocabulary_phrases(pool.vocab)))
+    vocab_ids = torch.unique(tokens(vocabulary_phrases(pool.vocab, negatives=cfg.pretrain_negative_captions > 0)))
     text = ShortTextEncoder(model, vocab_ids)  # includes 0, the padding (after end-of-text: no effect)
     model.token_embedding.weight.requires_grad_(False)
     mean, std, size = image_stats(model)
@@ -243,9 +251,21 @@ def _train(
             first.setdefault(t, u)
         uniq = list(first)
         truth = torch.from_numpy(truth_matrix(pool, idx, [specs[first[t]] for t in uniq]))
+        if cfg.pretrain_negative_captions:
+            negatives = negative_captions(cfg.pretrain_negative_captions, set(uniq), rng)
+            uniq += negatives
+            truth = torch.cat([truth, torch.zeros(len(idx), len(negatives), dtype=torch.bool)], dim=1)
         x = augment(preprocess(frames[idx], mean, std, frames.shape[1]), gen, size)
         img = F.normalize(model.encode_image(x), dim=-1)
-        txt = text(tokens(uniq))
+        tok = tokens(uniq)
+        txt = text(tok)
+        if cfg.pretrain_tail_every and step % cfg.pretrain_tail_every == 0:
+            # ground the padding positions: some captions read at a random position after their end
+            pick = torch.from_numpy(rng.choice(len(uniq), size=min(cfg.pretrain_tail_captions, len(uniq)), replace=False))
+            eot = tok[pick].argmax(dim=-1)
+            context = tok.shape[1]
+            at = eot + torch.from_numpy(rng.integers(0, context - eot.numpy()))
+            txt = txt.index_copy(0, pick, text(tok[pick], pool_at=at))
         scale = model.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
         loss = multi_positive_clip_loss(scale * img @ txt.T, truth)
         opt.zero_grad(set_to_none=True)

@@ -122,3 +122,68 @@ def test_crash_leaves_no_manifest_and_rebuild_reuses_checkpoint(tmp_path, monkey
 def test_bad_size_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="size"):
         build_world(tmp_path, size="huge")
+
+
+def test_a_world_built_with_settings_keeps_them_and_is_never_replaced_silently(tmp_path, capsys):
+    from harness.cli import main as cli_main
+    from harness.expand import bike_world
+
+    root = tmp_path / "w"
+    argv = ["world", "build", "--size", "test", "--root", str(root), "--results", str(tmp_path),
+            "--set", "window=0.6,0.9", "--set", "pretrain_steps=5", "--set", "pretrain_tail_every=2"]
+    assert cli_main(argv) == 0
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["settings"] == {"window": [0.6, 0.9], "pretrain_steps": 5, "pretrain_tail_every": 2}
+    assert manifest["config"]["window"] == [0.6, 0.9]
+    assert manifest["config_hash"] == world_config("test", window=(0.6, 0.9), pretrain_steps=5,
+                                                    pretrain_tail_every=2).content_hash(0)
+    stamp = (root / "manifest.json").stat().st_mtime_ns
+    # the same command again reuses it; without the settings it is refused, naming them
+    assert cli_main(argv) == 0
+    capsys.readouterr()
+    assert cli_main(argv[:-6]) == 2
+    err = capsys.readouterr().err
+    assert "--set window=0.6,0.9" in err and "no --set" in err and "nothing was deleted" in err
+    # a command that uses the world (table6, run, paper) takes it with its settings, without rebuilding
+    split = bike_world(root)("general")
+    assert split is not None
+    assert (root / "manifest.json").stat().st_mtime_ns == stamp
+    assert load_world(root).settings == {"window": (0.6, 0.9), "pretrain_steps": 5, "pretrain_tail_every": 2}
+
+
+def test_world_settings_are_read_as_their_fields_types_and_bad_ones_name_the_field():
+    from bike.world.config import parse_settings
+
+    got = parse_settings(["window=0.5, 0.8", "pretrain_tail_every=4", "pretrain_holdout_novel=false",
+                          "model=bike-micro", "noise_std=2"], "test")
+    assert got == {"window": (0.5, 0.8), "pretrain_tail_every": 4, "pretrain_holdout_novel": False,
+                   "model": "bike-micro", "noise_std": 2.0}
+    assert isinstance(got["noise_std"], float)
+    for item, needle in (("window=0.6", "'window' expects 2 comma-separated float values"),
+                         ("windw=0.6,0.9", "unknown field 'windw'"),
+                         ("pretrain_steps=many", "'pretrain_steps' expects int"),
+                         ("generator_version=2", "unknown field 'generator_version'"),
+                         ("window=0.9,0.6", "WorldConfig.window"),
+                         ("pretrain_tail_every=-1", "WorldConfig.pretrain_tail_every"),
+                         ("window", "expected KEY=VALUE")):
+        with pytest.raises(ValueError, match=needle):
+            parse_settings([item])
+
+
+def test_pretraining_options_switched_off_leave_the_world_identity_unchanged():
+    """The options added later enter the hash only when on: with them off, the hash is the one the
+    first worlds were built under (sha256 of the sorted, compact JSON of the other fields and the seed)."""
+    import hashlib
+    from dataclasses import asdict
+
+    later = {"pretrain_negative_captions", "pretrain_tail_every", "pretrain_tail_captions"}
+    for size in ("default", "test"):
+        cfg = world_config(size)
+        old = {k: v for k, v in asdict(cfg).items() if k not in later}
+        payload = json.dumps({"config": old, "seed": 3}, sort_keys=True, separators=(",", ":"))
+        assert cfg.content_hash(3) == hashlib.sha256(payload.encode()).hexdigest()[:10]
+        assert world_config(size, pretrain_tail_captions=4).content_hash(3) == cfg.content_hash(3)  # its switch is off
+        hashes = {world_config(size, **kw).content_hash(3) for kw in
+                  ({"pretrain_negative_captions": 8}, {"pretrain_tail_every": 4},
+                   {"pretrain_tail_every": 4, "pretrain_tail_captions": 4})}
+        assert len(hashes) == 3 and cfg.content_hash(3) not in hashes

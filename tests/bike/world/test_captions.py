@@ -1,7 +1,7 @@
 import numpy as np
 
-from bike.world.captions import CaptionSpec, phrase, sample_captions, truth_matrix
-from bike.world.config import world_config
+from bike.world.captions import CaptionSpec, negative_captions, phrase, sample_captions, truth_matrix, vocabulary_phrases
+from bike.world.config import CAPTION_TEMPLATES, UNRELATED_PHRASES, world_config
 from bike.world.snapshots import SnapshotPool, Vocabulary
 
 
@@ -47,3 +47,21 @@ def test_every_sampled_caption_is_true_of_its_frame():
 def test_canonical_phrase_is_the_class_name():
     assert phrase("csm", "red", "ball", "rising") == "red ball rising"
     assert phrase("cs", "blue", "cross", "still") == "blue cross"
+
+
+def test_negative_captions_name_unrelated_things_once_and_avoid_taken_captions():
+    rng = np.random.default_rng(0)
+    taken = {t.format(UNRELATED_PHRASES[0]) for t in CAPTION_TEMPLATES}  # every caption of the first phrase
+    seen = set()
+    for _ in range(50):
+        got = negative_captions(5, taken, rng)
+        assert 4 <= len(got) <= 5 and len(set(got)) == len(got)
+        assert not taken & set(got)
+        named = [p for t in got for p in UNRELATED_PHRASES if t in {c.format(p) for c in CAPTION_TEMPLATES}]
+        assert len(named) == len(got) and len(set(named)) == len(named)  # one phrase each, all different
+        seen.update(named)
+    assert seen == set(UNRELATED_PHRASES[1:])
+    assert negative_captions(0, set(), rng) == []
+    # their words are trained (rows of the token table the pretraining updates)
+    assert set(UNRELATED_PHRASES) <= set(vocabulary_phrases(Vocabulary.of(world_config("default")), negatives=True))
+    assert not set(UNRELATED_PHRASES) & set(vocabulary_phrases(Vocabulary.of(world_config("default"))))

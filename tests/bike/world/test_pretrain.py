@@ -31,6 +31,23 @@ def test_short_text_encoder_equals_full_encode_text():
         enc(tok(["an unseen word: zebra"]))
 
 
+def test_short_text_encoder_reads_a_padding_position_as_the_full_sequence_does():
+    torch.manual_seed(0)
+    model = create_model("bike-micro").eval()
+    tokens = open_clip.get_tokenizer("bike-micro")(["a photo of a red ball rising.", "nothing"])
+    enc = ShortTextEncoder(model, torch.unique(tokens))
+    at = tokens.argmax(dim=-1) + torch.tensor([5, 20])  # padding positions after each end-of-text token
+    with torch.no_grad():
+        got = enc(tokens, pool_at=at)
+        # open_clip's encode_text over the whole context, read at `at` instead of the end-of-text token
+        x = model.token_embedding(tokens) + model.positional_embedding
+        x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))
+        want = F.normalize(x[torch.arange(2), at] @ model.text_projection, dim=-1)
+        eot = enc(tokens)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got, eot, atol=1e-3)
+
+
 def test_multi_positive_loss_reduces_to_clip_loss_with_one_positive():
     logits = torch.randn(5, 5)
     eye = torch.eye(5, dtype=torch.bool)
@@ -39,6 +56,28 @@ def test_multi_positive_loss_reduces_to_clip_loss_with_one_positive():
     truth = torch.tensor([[1, 1, 0], [0, 0, 1]], dtype=torch.bool)
     good = torch.where(truth, 5.0, -5.0)
     assert multi_positive_clip_loss(good, truth) < multi_positive_clip_loss(-good, truth)
+
+
+def test_multi_positive_loss_with_negative_only_captions():
+    """A caption true of no frame is a negative of every frame (frame->text term) and has no
+    text->frame term: the loss is, written out, the mean over frames of -sum_j t_ij/n_i log p_ij
+    (softmax over all captions) and the mean over the captions with a positive of
+    -sum_i t_ij/m_j log q_ij (softmax over frames)."""
+    torch.manual_seed(0)
+    logits = torch.randn(4, 6)
+    truth = torch.tensor([[1, 0, 1, 0, 0, 0], [0, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0]], dtype=torch.bool)
+    p = logits.softmax(dim=1)
+    q = logits.softmax(dim=0)
+    i2t = sum(-sum(torch.log(p[i, j]) for j in range(6) if truth[i, j]) / int(truth[i].sum()) for i in range(4)) / 4
+    cols = [j for j in range(6) if truth[:, j].any()]
+    t2i = sum(-sum(torch.log(q[i, j]) for i in range(4) if truth[i, j]) / int(truth[:, j].sum()) for j in cols) / len(cols)
+    got = multi_positive_clip_loss(logits, truth)
+    torch.testing.assert_close(got, (i2t + t2i) / 2)
+    assert torch.isfinite(got)
+    # raising a negative caption's logits raises the loss
+    worse = logits.clone()
+    worse[:, 4] += 3.0
+    assert multi_positive_clip_loss(worse, truth) > got
 
 
 def test_lr_schedule():
@@ -67,3 +106,25 @@ def test_pretraining_is_deterministic():
     assert sa.losses == sb.losses
     torch.testing.assert_close(a.visual.conv1.weight, b.visual.conv1.weight)
     assert not torch.equal(a.visual.conv1.weight, c.visual.conv1.weight)
+
+
+def test_negative_captions_and_tail_grounding_train_what_plain_pretraining_leaves_untouched():
+    """Off, the word "wooden" (only in a lexicon phrase no frame shows) keeps its random embedding and
+    the padding positions past every caption change by weight decay only (a scaling of their
+    initialisation); on, both are trained."""
+    from dataclasses import replace
+
+    off_cfg = world_config("test", pretrain_steps=6, pretrain_frames=64, pretrain_batch=32)
+    on_cfg = replace(off_cfg, pretrain_negative_captions=4, pretrain_tail_every=2, pretrain_tail_captions=8)
+    seen, _ = split_compositions(off_cfg, 0)
+    wooden = int(open_clip.get_tokenizer(off_cfg.model)(["wooden"])[0, 1])
+    torch.manual_seed(0)
+    init = create_model(off_cfg.model)
+    off, _ = pretrain_clip(off_cfg, 0, seen)
+    on, _ = pretrain_clip(on_cfg, 0, seen)
+    row = lambda m: m.token_embedding.weight[wooden].detach()  # noqa: E731
+    torch.testing.assert_close(row(off), row(init), rtol=0, atol=0)
+    assert (row(on) - row(init)).abs().max() > 1e-4
+    tail = lambda m: m.positional_embedding[30:].detach()  # noqa: E731  (no caption is 30 tokens long)
+    assert F.cosine_similarity(tail(off), tail(init), dim=1).min() > 1 - 1e-6
+    assert F.cosine_similarity(tail(on), tail(init), dim=1).min() < 1 - 1e-3

@@ -65,9 +65,14 @@ def phrase(pattern: str, colour: str, shape: str, motion: str, rng: np.random.Ge
 
 
 def sample_captions(
-    pool: SnapshotPool, idx: np.ndarray, rng: np.random.Generator
+    pool: SnapshotPool, idx: np.ndarray, rng: np.random.Generator, list_p: float = 0.0
 ) -> tuple[list[str], list[CaptionSpec]]:
-    """One random caption (text and spec) for each frame ``idx`` of the pool."""
+    """One random caption (text and spec) for each frame ``idx`` of the pool.
+
+    ``list_p``: the share of object captions that list 2-4 phrases about the object, comma-joined as in
+    an attribute sentence (``a video of a red ball,ball rising,red ball rising``); the caption names the
+    union of what its phrases name.
+    """
     vocab = pool.vocab
     names = list(PATTERNS)
     probs = np.array(list(PATTERNS.values()))
@@ -82,8 +87,13 @@ def sample_captions(
             continue
         j = present[0] if len(present) == 1 or rng.random() < MAIN_P else present[1]
         s_i, c_i, m_i = int(pool.shape[i, j]), int(pool.colour[i, j]), int(pool.motion[i, j])
-        pattern = names[int(rng.choice(len(names), p=probs))]
-        words = phrase(pattern, vocab.colours[c_i], vocab.shapes[s_i], vocab.motions[m_i], rng)
+        if list_p and rng.random() < list_p:
+            chosen = [names[int(i)] for i in rng.choice(len(names), size=int(rng.integers(2, 5)), replace=False, p=probs)]
+            words = ",".join(phrase(p, vocab.colours[c_i], vocab.shapes[s_i], vocab.motions[m_i], rng) for p in chosen)
+            pattern = "".join(sorted(set("".join(chosen))))
+        else:
+            pattern = names[int(rng.choice(len(names), p=probs))]
+            words = phrase(pattern, vocab.colours[c_i], vocab.shapes[s_i], vocab.motions[m_i], rng)
         texts.append(CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))].format(words))
         specs.append(CaptionSpec(
             shape=s_i if "s" in pattern else -1,
@@ -109,15 +119,17 @@ def truth_matrix(pool: SnapshotPool, idx: np.ndarray, specs: list[CaptionSpec]) 
     return np.where(empty, frame_empty, obj_true & ~empty)
 
 
-def vocabulary_phrases(vocab: Vocabulary, negatives: bool = False) -> list[str]:
+def vocabulary_phrases(vocab: Vocabulary, negatives: bool = False, lists: bool = False) -> list[str]:
     """Every word the captions can use (to find the token ids the pretraining touches); ``negatives``:
-    with the words of the negative captions (:func:`negative_captions`)."""
+    with the words of the negative captions (:func:`negative_captions`); ``lists``: with the comma of
+    list captions."""
     words = list(vocab.colours) + ["shape"]
     for s in vocab.shapes:
         words += SHAPE_WORDS[s]
     for m in vocab.motions:
         words += motion_words(m)
     words += list(UNRELATED_PHRASES) if negatives else []
+    words += [","] if lists else []
     return words + list(EMPTY_WORDS) + [t.format("") for t in CAPTION_TEMPLATES + EMPTY_TEMPLATES]
 
 

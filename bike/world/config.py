@@ -102,6 +102,7 @@ HASHED_WHEN_ON: dict[str, tuple[str, object]] = {
     "pretrain_negative_captions": ("pretrain_negative_captions", 0),
     "pretrain_tail_every": ("pretrain_tail_every", 0),
     "pretrain_tail_captions": ("pretrain_tail_every", 0),
+    "pretrain_list_p": ("pretrain_list_p", 0.0),
 }
 
 
@@ -153,6 +154,8 @@ class WorldConfig:
     #: after their end-of-text token, grounding every text position (0: off)
     pretrain_tail_every: int = 0
     pretrain_tail_captions: int = 16
+    #: share of object captions that list 2-4 phrases about the object, comma-joined (0: off)
+    pretrain_list_p: float = 0.0
     # what a BIKE run on this world uses
     model_frames: int = DEFAULT_FRAMES
     prompt: str = DEFAULT_PROMPT

@@ -221,7 +221,8 @@ def _train(
     model: nn.Module, pool: SnapshotPool, cfg: WorldConfig, seed: int, say: Callable[[str], None], pool_seconds: float
 ) -> tuple[nn.Module, PretrainStats]:
     tokens = _Tokens(cfg.model)
-    vocab_ids = torch.unique(tokens(vocabulary_phrases(pool.vocab, negatives=cfg.pretrain_negative_captions > 0)))
+    vocab_ids = torch.unique(tokens(vocabulary_phrases(pool.vocab, negatives=cfg.pretrain_negative_captions > 0,
+                                                      lists=cfg.pretrain_list_p > 0)))
     text = ShortTextEncoder(model, vocab_ids)  # includes 0, the padding (after end-of-text: no effect)
     model.token_embedding.weight.requires_grad_(False)
     mean, std, size = image_stats(model)
@@ -245,7 +246,7 @@ def _train(
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg.pretrain_steps, cfg.pretrain_warmup, cfg.pretrain_lr)
         idx = rng.choice(len(pool), size=batch, replace=False)
-        texts, specs = sample_captions(pool, idx, rng)
+        texts, specs = sample_captions(pool, idx, rng, cfg.pretrain_list_p)
         first: dict[str, int] = {}
         for u, t in enumerate(texts):
             first.setdefault(t, u)

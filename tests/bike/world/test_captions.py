@@ -65,3 +65,19 @@ def test_negative_captions_name_unrelated_things_once_and_avoid_taken_captions()
     # their words are trained (rows of the token table the pretraining updates)
     assert set(UNRELATED_PHRASES) <= set(vocabulary_phrases(Vocabulary.of(world_config("default")), negatives=True))
     assert not set(UNRELATED_PHRASES) & set(vocabulary_phrases(Vocabulary.of(world_config("default"))))
+
+
+def test_list_captions_join_phrases_about_one_object_and_name_their_union():
+    pool, v = _pool()
+    idx = np.tile(np.array([0, 2]), 60)  # frames with objects
+    texts, specs = sample_captions(pool, idx, np.random.default_rng(1), list_p=1.0)
+    assert np.diag(truth_matrix(pool, idx, specs)).all()  # every list is true of its frame
+    for text, spec in zip(texts, specs):
+        parts = text.split(",")
+        assert 2 <= len(parts) <= 4
+        # the spec names an attribute exactly when some phrase of the list names it
+        named_colour = any(c in p for p in parts for c in v.colours)
+        assert (spec.colour >= 0) == named_colour
+    plain, _ = sample_captions(pool, idx, np.random.default_rng(1))
+    assert not any("," in t for t in plain)
+    assert "," in vocabulary_phrases(v, lists=True) and "," not in vocabulary_phrases(v)

@@ -4,8 +4,8 @@ checked with two real gloo processes against one process computing the loss on t
 from __future__ import annotations
 
 import os
-import time
 import socket
+import time
 
 import pytest
 import torch

@@ -6,7 +6,10 @@ from the mp4 files on disk, resized to the model's input size and normalised wit
 * frame-level zero-shot (the official zero-shot path): per-frame softmax over the class prompts at
   logit scale 100, averaged over the frames;
 * video-level zero-shot: cosine between the mean of the L2-normalised frame embeddings and the prompts;
-* linear probe: a softmax classifier on the mean frame embedding, trained on one list, tested on another.
+* linear probe: a softmax classifier on the mean frame embedding, trained on one list, tested on another;
+* the lexicon as the attribute generator ranks it (general val, the world lexicon): how often the video's
+  own class phrase comes first and within the top 5, and which share of the top-5 places go to phrases
+  no frame shows (the lexicon's unrelated phrases) and to still objects.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bike.attributes import rank_lexicon, video_embedding
+from bike.world.config import STILL_WORDS, UNRELATED_PHRASES
 from bike.world.pretrain import image_stats, preprocess
 
 #: Logit scale of the official zero-shot path (temperature 0.01).
@@ -83,6 +88,38 @@ def zero_shot_accuracy(frame_emb: torch.Tensor, class_emb: torch.Tensor, labels:
     }
 
 
+#: Places of the generator's ranking that :func:`lexicon_ranking` reads (the smoke runs' k is 5).
+RANKING_TOP = 5
+
+
+def lexicon_ranking(
+    frame_emb: torch.Tensor, labels: np.ndarray, class_names: Sequence[str], phrases: Sequence[str],
+    phrase_emb: torch.Tensor, top: int = RANKING_TOP,
+) -> dict[str, float]:
+    """How a CLIP as the attribute generator ranks a lexicon for videos (``bike.attributes``' ranking).
+
+    Args:
+        frame_emb: ``[N, T, D]`` frame embeddings; labels: ``[N]`` indices into ``class_names``.
+        phrases: the lexicon, ``phrase_emb`` ``[P, D]`` their embeddings.
+
+    Returns fractions: ``own_first`` (the video's class phrase ranked first), ``own_in_top`` (within the
+    top ``top``), ``unrelated_share`` / ``still_share`` (of the N x top places: phrases no frame shows,
+    still objects), and ``top``.
+    """
+    idx, _ = rank_lexicon(video_embedding(frame_emb), phrase_emb, top)
+    ranked = [[phrases[i] for i in row] for row in idx.tolist()]
+    own = [class_names[int(y)] for y in labels]
+    unrelated, still = set(UNRELATED_PHRASES), STILL_WORDS[0]
+    places = max(len(ranked) * top, 1)
+    return {
+        "own_first": float(np.mean([r[0] == o for r, o in zip(ranked, own)])),
+        "own_in_top": float(np.mean([o in r for r, o in zip(ranked, own)])),
+        "unrelated_share": sum(p in unrelated for r in ranked for p in r) / places,
+        "still_share": sum(p.endswith(still) for r in ranked for p in r) / places,
+        "top": top,
+    }
+
+
 def linear_probe_accuracy(
     train_x: torch.Tensor,
     train_y: np.ndarray,
@@ -138,6 +175,11 @@ def measure_world(model: nn.Module, model_name: str, root: Path, layout, frames:
         feats[split] = (emb, labels)
         acc = zero_shot_accuracy(emb, encode_prompts(model, model_name, names, prompt), labels)
         out[f"zero_shot_{split}"] = {**acc, "chance": 1.0 / len(names), "classes": len(names), "videos": len(labels)}
+    emb, labels = feats["general"]
+    phrases = [p for p in (root / layout.lexicon_world).read_text().splitlines() if p.strip()]
+    out["lexicon_ranking_general"] = lexicon_ranking(
+        emb, labels, _class_names(root / layout.general_classes), phrases,
+        encode_prompts(model, model_name, phrases, "{}"))
     train_emb, train_y = _encode_list(model, root / layout.general_train, videos, frames)
     val_emb, val_y = feats["general"]
     k = len(_class_names(root / layout.general_classes))

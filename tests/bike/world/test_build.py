@@ -176,7 +176,7 @@ def test_pretraining_options_switched_off_leave_the_world_identity_unchanged():
     import hashlib
     from dataclasses import asdict
 
-    later = {"pretrain_negative_captions", "pretrain_tail_every", "pretrain_tail_captions"}
+    later = {"pretrain_negative_captions", "pretrain_tail_every", "pretrain_tail_captions", "pretrain_list_p"}
     for size in ("default", "test"):
         cfg = world_config(size)
         old = {k: v for k, v in asdict(cfg).items() if k not in later}
@@ -185,5 +185,5 @@ def test_pretraining_options_switched_off_leave_the_world_identity_unchanged():
         assert world_config(size, pretrain_tail_captions=4).content_hash(3) == cfg.content_hash(3)  # its switch is off
         hashes = {world_config(size, **kw).content_hash(3) for kw in
                   ({"pretrain_negative_captions": 8}, {"pretrain_tail_every": 4},
-                   {"pretrain_tail_every": 4, "pretrain_tail_captions": 4})}
-        assert len(hashes) == 3 and cfg.content_hash(3) not in hashes
+                   {"pretrain_tail_every": 4, "pretrain_tail_captions": 4}, {"pretrain_list_p": 0.2})}
+        assert len(hashes) == 4 and cfg.content_hash(3) not in hashes

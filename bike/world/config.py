@@ -103,6 +103,7 @@ HASHED_WHEN_ON: dict[str, tuple[str, object]] = {
     "pretrain_tail_every": ("pretrain_tail_every", 0),
     "pretrain_tail_captions": ("pretrain_tail_every", 0),
     "pretrain_list_p": ("pretrain_list_p", 0.0),
+    "lexicon_facets": ("lexicon_facets", False),
 }
 
 
@@ -156,6 +157,8 @@ class WorldConfig:
     pretrain_tail_captions: int = 16
     #: share of object captions that list 2-4 phrases about the object, comma-joined (0: off)
     pretrain_list_p: float = 0.0
+    #: the world lexicon also names the facets of an action (``ball rising``, ``red shape``, ``ball``)
+    lexicon_facets: bool = False
     # what a BIKE run on this world uses
     model_frames: int = DEFAULT_FRAMES
     prompt: str = DEFAULT_PROMPT

@@ -230,11 +230,17 @@ def charades_test(jobs: Sequence[VideoJob], instances: Sequence[Sequence[ActionI
 
 def world_lexicon(cfg: WorldConfig, seen: Sequence[Composition]) -> list[str]:
     """The world's analogue of the 400 Kinetics names: the seen class names, still objects (class and
-    distractor colours), an empty scene, and phrases that no frame shows."""
+    distractor colours), an empty scene, and phrases that no frame shows; with ``cfg.lexicon_facets``
+    also the facets of an action, as captions name them: shape and motion (``ball rising``), colour and
+    motion (``red shape rising``), and each attribute alone (``red shape``, ``ball``, ``shape rising``)."""
     still = STILL_WORDS[0]
     phrases = [c.name for c in seen]
     phrases += [f"{c} {s} {still}" for c in tuple(cfg.colours) + tuple(DISTRACTOR_RGB) for s in cfg.shapes]
     phrases += ["empty background", *UNRELATED_PHRASES]
+    if cfg.lexicon_facets:
+        phrases += [f"{s} {m}" for s in cfg.shapes for m in cfg.motions]
+        phrases += [f"{c} shape {m}" for c in cfg.colours for m in cfg.motions]
+        phrases += [f"{c} shape" for c in cfg.colours] + list(cfg.shapes) + [f"shape {m}" for m in cfg.motions]
     return phrases
 
 

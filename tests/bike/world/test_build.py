@@ -176,7 +176,8 @@ def test_pretraining_options_switched_off_leave_the_world_identity_unchanged():
     import hashlib
     from dataclasses import asdict
 
-    later = {"pretrain_negative_captions", "pretrain_tail_every", "pretrain_tail_captions", "pretrain_list_p"}
+    later = {"pretrain_negative_captions", "pretrain_tail_every", "pretrain_tail_captions", "pretrain_list_p",
+             "lexicon_facets"}
     for size in ("default", "test"):
         cfg = world_config(size)
         old = {k: v for k, v in asdict(cfg).items() if k not in later}
@@ -185,5 +186,29 @@ def test_pretraining_options_switched_off_leave_the_world_identity_unchanged():
         assert world_config(size, pretrain_tail_captions=4).content_hash(3) == cfg.content_hash(3)  # its switch is off
         hashes = {world_config(size, **kw).content_hash(3) for kw in
                   ({"pretrain_negative_captions": 8}, {"pretrain_tail_every": 4},
-                   {"pretrain_tail_every": 4, "pretrain_tail_captions": 4}, {"pretrain_list_p": 0.2})}
-        assert len(hashes) == 4 and cfg.content_hash(3) not in hashes
+                   {"pretrain_tail_every": 4, "pretrain_tail_captions": 4}, {"pretrain_list_p": 0.2},
+                   {"lexicon_facets": True})}
+        assert len(hashes) == 5 and cfg.content_hash(3) not in hashes
+
+
+def test_lexicon_facets_name_every_facet_of_the_seen_actions_in_words_the_clip_was_pretrained_on():
+    import open_clip
+
+    from bike.world.captions import vocabulary_phrases
+    from bike.world.dataset import plan_world, world_lexicon
+    from bike.world.snapshots import Vocabulary
+
+    cfg = world_config("test")
+    seen = plan_world(cfg, 0).seen
+    plain = world_lexicon(cfg, seen)
+    faceted = world_lexicon(world_config("test", lexicon_facets=True), seen)
+    added = faceted[len(plain):]
+    assert faceted[:len(plain)] == plain and len(set(faceted)) == len(faceted)
+    c, s, m = seen[0].colour, seen[0].shape, seen[0].motion
+    for phrase in (f"{s} {m}", f"{c} shape {m}", f"{c} shape", s, f"shape {m}"):
+        assert phrase in added
+    n_c, n_s, n_m = len(cfg.colours), len(cfg.shapes), len(cfg.motions)
+    assert len(added) == n_s * n_m + n_c * n_m + n_c + n_s + n_m
+    tok = open_clip.get_tokenizer(cfg.model)
+    known = set(tok(vocabulary_phrases(Vocabulary.of(cfg))).flatten().tolist())
+    assert set(tok(added).flatten().tolist()) <= known

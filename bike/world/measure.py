@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bike.attributes import rank_lexicon, video_embedding
+from bike.config import DEFAULT_NUM_ATTRIBUTES
 from bike.world.config import STILL_WORDS, UNRELATED_PHRASES
 from bike.world.pretrain import image_stats, preprocess
 
@@ -88,8 +89,8 @@ def zero_shot_accuracy(frame_emb: torch.Tensor, class_emb: torch.Tensor, labels:
     }
 
 
-#: Places of the generator's ranking that :func:`lexicon_ranking` reads (the smoke runs' k is 5).
-RANKING_TOP = 5
+#: Places of the generator's ranking that :func:`lexicon_ranking` reads: the attributes a run uses (k).
+RANKING_TOP = DEFAULT_NUM_ATTRIBUTES
 
 
 def lexicon_ranking(

@@ -221,7 +221,7 @@ def _refuse_other_world(root: Path, size: str, seed: int, settings: Optional[dic
         return
     if (m.get("size"), m.get("seed")) == (size, seed):
         theirs, ours = settings_of(m), dict(settings or {})
-        if theirs == ours:
+        if theirs == ours or _same_config(size, theirs, ours):
             return
         raise WorldError(
             f"{root / MANIFEST}: {root} holds the {size!r} world of seed {seed} built with "
@@ -236,6 +236,14 @@ def _refuse_other_world(root: Path, size: str, seed: int, settings: Optional[dic
         f"directory (--world-root), or replace it with `bikebench world build --force --root {root} "
         f"--size {size} --seed {seed}`; nothing was deleted"
     )
+
+
+def _same_config(size: str, theirs: dict[str, Any], ours: dict[str, Any]) -> bool:
+    """Whether two sets of settings give the same world (e.g. ``--set window=0.6,0.9`` once the default is 0.6-0.9)."""
+    try:
+        return world_config(size, **theirs) == world_config(size, **ours)
+    except (TypeError, ValueError):
+        return False
 
 
 def _is_current(root: Path, config_hash: str) -> Optional[WorldInfo]:

@@ -222,6 +222,8 @@ def action_slot(
     slot.cx[sl], slot.cy[sl], slot.r[sl] = track.cx, track.cy, track.r
     slot.trail[sl] = track.trail
     slot.tdx[sl], slot.tdy[sl] = track.tdx, track.tdy
+    if cfg.trail_p < 1.0 and rng.random() >= cfg.trail_p:  # no draw at the default (byte-identical worlds)
+        slot.trail[sl] = TRAIL_NONE  # the motion shows only across frames, not in any single one
     # outside the window the object is absent, or stands still where the action begins/ends
     for frames, src in ((slice(0, start), 0), (slice(end, T), -1)):
         if rng.random() < cfg.still_outside_p:

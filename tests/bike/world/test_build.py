@@ -151,6 +151,32 @@ def test_a_world_built_with_settings_keeps_them_and_is_never_replaced_silently(t
     assert load_world(root).settings == {"window": (0.6, 0.9), "pretrain_steps": 5, "pretrain_tail_every": 2}
 
 
+def test_settings_that_repeat_the_preset_name_the_same_world(tmp_path, capsys):
+    """``--set window=0.35,0.7`` on the test world (whose preset it is) builds the world that no ``--set``
+    names: a later command without it reuses the world instead of refusing it."""
+    from harness.cli import main as cli_main
+
+    root = tmp_path / "w"
+    base = ["world", "build", "--size", "test", "--root", str(root), "--results", str(tmp_path),
+            "--set", "pretrain_steps=5"]
+    assert cli_main(base + ["--set", "window=0.35,0.7"]) == 0
+    stamp = (root / "manifest.json").stat().st_mtime_ns
+    assert cli_main(base) == 0
+    assert (root / "manifest.json").stat().st_mtime_ns == stamp
+    # an older bikebench's manifest (another config hash) that recorded the setting while the preset was
+    # another one: the same world, rebuilt in place rather than refused
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["settings"] == {"pretrain_steps": 5}
+    manifest["settings"]["window"] = [0.35, 0.7]
+    manifest["config_hash"] = "0" * 10
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    assert cli_main(base) == 0
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["settings"] == {"pretrain_steps": 5} and manifest["config_hash"] != "0" * 10
+    assert cli_main(base[:-2] + ["--set", "pretrain_steps=6"]) == 2  # another world: refused
+    assert "pretrain_steps=5" in capsys.readouterr().err
+
+
 def test_world_settings_are_read_as_their_fields_types_and_bad_ones_name_the_field():
     from bike.world.config import parse_settings
 
@@ -171,24 +197,37 @@ def test_world_settings_are_read_as_their_fields_types_and_bad_ones_name_the_fie
 
 
 def test_pretraining_options_switched_off_leave_the_world_identity_unchanged():
-    """The options added later enter the hash only when on: with them off, the hash is the one the
-    first worlds were built under (sha256 of the sorted, compact JSON of the other fields and the seed)."""
+    """The options added later enter the hash only when on: with them off (the test world, and the default
+    world with the first design's settings), the hash is the one the first worlds were built under (sha256
+    of the sorted, compact JSON of the other fields and the seed); each option switched on changes it."""
     import hashlib
     from dataclasses import asdict
 
+    from bike.world.config import FIRST_DESIGN
+
     later = {"pretrain_negative_captions", "pretrain_tail_every", "pretrain_tail_captions", "pretrain_list_p",
-             "lexicon_facets"}
+             "lexicon_facets", "trail_p"}
     for size in ("default", "test"):
-        cfg = world_config(size)
+        first = dict(FIRST_DESIGN, pretrain_list_p=0.0, trail_p=1.0)
+        cfg = world_config(size, **first)
         old = {k: v for k, v in asdict(cfg).items() if k not in later}
         payload = json.dumps({"config": old, "seed": 3}, sort_keys=True, separators=(",", ":"))
         assert cfg.content_hash(3) == hashlib.sha256(payload.encode()).hexdigest()[:10]
-        assert world_config(size, pretrain_tail_captions=4).content_hash(3) == cfg.content_hash(3)  # its switch is off
-        hashes = {world_config(size, **kw).content_hash(3) for kw in
+        assert world_config(size, **dict(first, pretrain_tail_captions=4)).content_hash(3) == cfg.content_hash(3)
+        hashes = {world_config(size, **dict(first, **kw)).content_hash(3) for kw in
                   ({"pretrain_negative_captions": 8}, {"pretrain_tail_every": 4},
                    {"pretrain_tail_every": 4, "pretrain_tail_captions": 4}, {"pretrain_list_p": 0.2},
-                   {"lexicon_facets": True})}
-        assert len(hashes) == 5 and cfg.content_hash(3) not in hashes
+                   {"lexicon_facets": True}, {"trail_p": 0.5})}
+        assert len(hashes) == 6 and cfg.content_hash(3) not in hashes
+    assert world_config("test") == world_config("test", **FIRST_DESIGN)  # the test world keeps the first design
+    default = world_config("default")
+    assert (default.window, default.pretrain_negative_captions, default.pretrain_tail_every,
+            default.lexicon_facets) == ((0.6, 0.9), 8, 4, True)
+    # the default's options are on, so they are hashed; the two still off are not
+    hashed = {k: v for k, v in asdict(default).items() if k not in ("pretrain_list_p", "trail_p")}
+    payload = json.dumps({"config": hashed, "seed": 3}, sort_keys=True, separators=(",", ":"))
+    assert default.content_hash(3) == hashlib.sha256(payload.encode()).hexdigest()[:10]
+    assert default.content_hash(3) != world_config("default", **FIRST_DESIGN).content_hash(3)
 
 
 def test_lexicon_facets_name_every_facet_of_the_seen_actions_in_words_the_clip_was_pretrained_on():

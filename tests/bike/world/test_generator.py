@@ -83,3 +83,33 @@ def test_two_action_video(cfg):
     assert [i.composition for i in insts] == list(pair)
     with pytest.raises(ValueError, match="1 or 2"):
         make_video(rng, cfg, [])
+
+
+def test_trail_p_draws_some_actions_without_their_motion_trail():
+    """``trail_p`` < 1: a share of the actions shows its motion only across frames (no trail in any
+    frame); at the default 1 every action keeps its trail and no extra random draw is made."""
+    from bike.world.generator import action_slot
+    from bike.world.render import TRAIL_NONE
+
+    comp = Composition("red", "square", "rising")
+    box = (0.0, 64.0, 0.0, 64.0)
+    base = world_config("default", frames=24, still_outside_p=0.0)
+
+    def slot(cfg, i):
+        rng = video_rng(0, 9, i)
+        s, inst = action_slot(rng, cfg, comp, box)
+        return s, inst, rng.random()  # the next draw: equal when no extra draw was made
+
+    with_trail = [slot(base, i) for i in range(40)]
+    assert all((s.trail[i.start:i.end] != TRAIL_NONE).all() for s, i, _ in with_trail)
+    for p, low, high in ((0.0, 0, 0), (0.5, 8, 32), (1.0, 40, 40)):
+        got = [slot(world_config("default", frames=24, still_outside_p=0.0, trail_p=p), i) for i in range(40)]
+        kept = sum(bool((s.trail[i.start:i.end] != TRAIL_NONE).all()) for s, i, _ in got)
+        assert low <= kept <= high
+        none = [s for s, i, _ in got if (s.trail[i.start:i.end] == TRAIL_NONE).all()]
+        assert len(none) == 40 - kept  # a trail is drawn for the whole action or not at all
+        for (a, ia, _), (b, ib, _) in zip(with_trail, got):  # the motion itself is the same
+            assert ia == ib and np.array_equal(a.cy, b.cy) and np.array_equal(a.r, b.r)
+        assert ([n for *_, n in got] == [n for *_, n in with_trail]) == (p == 1.0)
+    with pytest.raises(ValueError, match="trail_p"):
+        world_config("default", trail_p=1.5)

@@ -226,12 +226,7 @@ class WorldConfig:
         return asdict(self)
 
 
-#: Size presets. ``default``: 120 compositions (96 seen, 24 novel), 1860 videos of 4 s, a ``bike-tiny``
-#: CLIP pretrained for ~5 minutes on one core. ``test``: 12 compositions, 66 videos of 2 s, a
-#: ``bike-micro`` CLIP pretrained for 100 small steps (~5 s in all); it keeps the first worlds' design
-#: (``FIRST_DESIGN``: action over 35-70 % of the clip, no negative captions, padding grounding or
-#: facets), so its checkpoint and the test world's baseline keep their identity.
-#: The design of the first worlds, which the default changed from (docs/world.md, "How far ...").
+#: The design of the first worlds, which the default changed from (docs/world.md, "How the default world came to be").
 FIRST_DESIGN: dict[str, Any] = {
     "window": (0.35, 0.7),
     "pretrain_negative_captions": 0,
@@ -239,6 +234,11 @@ FIRST_DESIGN: dict[str, Any] = {
     "lexicon_facets": False,
 }
 
+#: Size presets. ``default``: 120 compositions (96 seen, 24 novel), 1860 videos of 4 s, a ``bike-tiny``
+#: CLIP pretrained for ~5 minutes on one core. ``test``: 12 compositions, 66 videos of 2 s, a
+#: ``bike-micro`` CLIP pretrained for 100 small steps (~5 s in all); it keeps the first worlds' design
+#: (``FIRST_DESIGN``: action over 35-70 % of the clip, no negative captions, padding grounding or
+#: facets), so its checkpoint and the test world's baseline keep their identity.
 SIZES: dict[str, WorldConfig] = {
     "default": WorldConfig(),
     "test": WorldConfig(

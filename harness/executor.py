@@ -3,8 +3,10 @@
 * The cluster is always named (never ``AutoExecutor``'s guess) and every job has a wall-clock limit.
 * Runs already done (``result.json``) are skipped; unfinished ones are resubmitted and resume from
   their checkpoint; runs whose recorded job is still alive are waited for, never duplicated.
-* Local and debug: waves in dependency order; the runs of a wave go out as job arrays
-  (``executor.batch()``) of at most ``parallelism`` jobs (2 CPU cores do not run 8 trainings well).
+* Local: ``parallelism`` slots (2 CPU cores do not run 8 trainings well); a run starts as soon as a
+  slot is free and its dependencies are done, the runs others depend on first, and the runs started
+  together go out as one job array (``executor.batch()``). Debug (in this process): waves in
+  dependency order.
 * SLURM: every wave is submitted at once as job arrays; a wave's array waits for its dependencies
   with ``--dependency=afterok:<ids>`` (``kill_on_invalid_dep`` cancels it if one fails).
 * Submitit folders are unique per invocation (``<results>/submitit/<time>-<pid>-<random>``): SLURM
@@ -42,6 +44,9 @@ SLURM_START_MARGIN_S = 30
 #: during start-up and kill the job.)
 SLURM_SIGNAL_EARLY_S = 30
 DEFAULT_POLL_S = 2.0
+#: The local slot scheduler looks for finished jobs at least this often (a local job's state is a cheap
+#: check of its process; a slot left idle for the 2 s of ``DEFAULT_POLL_S`` after each job adds up).
+LOCAL_POLL_S = 0.5
 SLURM_ACTIVE = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED", "CONFIGURING", "COMPLETING")
 SLURM_CANCELLED = ("CANCELLED",)
 SLURM_FAILED = ("FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE")
@@ -330,6 +335,8 @@ class Runner:
         self.folder = invocation_folder(self.results)
         if self.cluster == "slurm":
             self._execute_slurm(plan, pending, foreign, outcomes, dry_run)
+        elif self.cluster == "local" and not dry_run:
+            self._execute_slots(plan, pending, foreign, outcomes)
         else:
             self._execute_waves(plan, pending, foreign, outcomes, dry_run)
         return outcomes
@@ -366,14 +373,73 @@ class Runner:
                     chunk = group[start : start + self.parallelism]
                     self._submit_chunk(wave_index, chunk, outcomes, dry_run)
 
-    def _submit_chunk(self, wave: int, chunk: list[PlannedRun], outcomes: dict[str, RunOutcome], dry_run: bool) -> None:
+    def _execute_slots(
+        self, plan: Plan, pending: list[PlannedRun], foreign: dict[str, RunDir], outcomes: dict[str, RunOutcome],
+    ) -> None:
+        """Keep ``parallelism`` local jobs busy: start a run as soon as a slot is free and its
+        dependencies are done (waiting for a whole wave left a core idle behind the slower job of each
+        pair); among the ready runs, those that more runs depend on (transitively) go first."""
+        wave_of = {r.run_id: k for k, wave in enumerate(plan.waves()) for r in wave}
+        weight = _dependent_counts(plan)
+        position = {r.run_id: i for i, r in enumerate(plan.runs)}
+        todo = sorted(pending, key=lambda r: (-weight[r.run_id], position[r.run_id]))
+        running: dict[str, tuple[PlannedRun, submitit.Job]] = {}
+        elsewhere = dict(foreign)
+        poll_s = min(self.poll_s, LOCAL_POLL_S)
+        for rd in elsewhere.values():
+            self.log(f"[{rd.run_id}] already running ({(rd.last_submission() or {}).get('job_id')}); waiting")
+        while todo or running or elsewhere:
+            changed = False
+            for rid, rd in list(elsewhere.items()):
+                state = self._foreign_state(rd)
+                if state is not None:
+                    outcomes[rid].state = state
+                    del elsewhere[rid]
+                    changed = True
+            for rid, (run, job) in list(running.items()):
+                if job.done():
+                    outcomes[rid] = self._finish(run, job)
+                    del running[rid]
+                    changed = True
+            for run in list(todo):
+                reason = self._blocked(run, outcomes)
+                if reason:
+                    todo.remove(run)
+                    outcomes[run.run_id] = RunOutcome(run.run_id, "pending", "blocked", reason=reason)
+                    self._finished += 1
+                    self.log(f"[{self._finished}/{self._total}] {_names(run)} not started: {reason} (run {run.run_id})")
+                    changed = True
+            ready = [r for r in todo if all(d in outcomes and outcomes[d].state == "done" for d in r.dependencies)]
+            start = ready[: self.parallelism - len(running)]
+            for group in _group_by_parameters(start, self.parameters):
+                wave = min(wave_of[r.run_id] for r in group)
+                for run, job in self._start(wave, group):
+                    running[run.run_id] = (run, job)
+                    todo.remove(run)
+                changed = True
+            if not running and not elsewhere and todo and not start:
+                for run in todo:  # cannot happen with a valid plan; never spin on it
+                    outcomes[run.run_id] = RunOutcome(run.run_id, "pending", "blocked", reason="dependencies never finished")
+                break
+            if not changed:
+                time.sleep(poll_s)
+
+    def _foreign_state(self, rd: RunDir) -> Optional[str]:
+        """The terminal state of a run another invocation submitted, or None while its job is alive."""
+        state = rd.state()
+        if state in TERMINAL_STATES:
+            return state
+        if recorded_job_state(rd) != "active":
+            time.sleep(self.poll_s)  # let a just-finished job's last write land
+            state = rd.state()
+            return state if state in TERMINAL_STATES else "failed"
+        return None
+
+    def _start(self, wave: int, chunk: list[PlannedRun]) -> list[tuple[PlannedRun, submitit.Job]]:
+        """Submit ``chunk`` (runs with the same parameters) as one job array; record each submission."""
         params = self.parameters(chunk[0])
         sub = Submission(wave, [r.run_id for r in chunk], params)
         self.submissions.append(sub)
-        if dry_run:
-            for run in chunk:
-                outcomes[run.run_id] = RunOutcome(run.run_id, "planned", "dry-run")
-            return
         assert self.folder is not None
         ex = make_executor(self.cluster, self.folder / "%j", self.resources(chunk[0]), params)
         with ex.batch():
@@ -383,7 +449,15 @@ class Runner:
             sub.job_ids.append(str(job.job_id))
             self._submitted_at[run.run_id] = time.time()
             self.log(f"[{run.run_id}] submitted ({self.cluster} job {job.job_id}): {', '.join(f'{s}.{v}' for s, v in run.requested_by)}")
-        for run, job in zip(chunk, jobs):
+        return list(zip(chunk, jobs))
+
+    def _submit_chunk(self, wave: int, chunk: list[PlannedRun], outcomes: dict[str, RunOutcome], dry_run: bool) -> None:
+        if dry_run:
+            self.submissions.append(Submission(wave, [r.run_id for r in chunk], self.parameters(chunk[0])))
+            for run in chunk:
+                outcomes[run.run_id] = RunOutcome(run.run_id, "planned", "dry-run")
+            return
+        for run, job in self._start(wave, chunk):
             outcomes[run.run_id] = self._finish(run, job)
 
     def _finish(self, run: PlannedRun, job: submitit.Job) -> RunOutcome:
@@ -417,13 +491,9 @@ class Runner:
         """Poll a run another invocation submitted until it ends (or its job disappears)."""
         self.log(f"[{rd.run_id}] already running ({(rd.last_submission() or {}).get('job_id')}); waiting")
         while True:
-            state = rd.state()
-            if state in TERMINAL_STATES:
+            state = self._foreign_state(rd)
+            if state is not None:
                 return state
-            if recorded_job_state(rd) != "active":
-                time.sleep(self.poll_s)  # let a just-finished job's last write land
-                state = rd.state()
-                return state if state in TERMINAL_STATES else "failed"
             time.sleep(self.poll_s)
 
     def _execute_slurm(
@@ -509,6 +579,24 @@ def finished_line(run: PlannedRun, state: str, reason: str, k: int, n: int, resu
     elif reason:
         text += f": {reason.splitlines()[0][:200]}"
     return text + f" (run {run.run_id})"
+
+
+def _dependent_counts(plan: Plan) -> dict[str, int]:
+    """For each run of ``plan``, how many runs depend on it, directly or through others."""
+    children: dict[str, set[str]] = {r.run_id: set() for r in plan.runs}
+    for run in plan.runs:
+        for dep in run.dependencies:
+            children.setdefault(dep, set()).add(run.run_id)
+    memo: dict[str, set[str]] = {}
+
+    def below(rid: str) -> set[str]:
+        if rid not in memo:
+            memo[rid] = set()
+            for child in children.get(rid, ()):
+                memo[rid] |= {child} | below(child)
+        return memo[rid]
+
+    return {r.run_id: len(below(r.run_id)) for r in plan.runs}
 
 
 def _group_by_parameters(

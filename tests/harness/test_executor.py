@@ -119,6 +119,46 @@ def test_local_sweep_runs_in_order_then_skips_done(tmp_path):
     assert all(calls(r) == ["start 0", "finish"] for r in plan.runs)  # nothing ran twice
 
 
+def timed_engine(config, run_dir) -> dict:
+    """A job that lasts ``model.frames / 4`` seconds and records when it started and ended."""
+    run_dir = Path(run_dir)
+    if config.init_from:
+        assert (Path(config.init_from) / "result.json").exists(), "dependency not finished"
+    start = time.time()
+    time.sleep(config.model.frames / 4)
+    (run_dir / "span.json").write_text(json.dumps([start, time.time()]))
+    result = {"status": "done", "video_top1": 40.0 + config.model.frames}
+    (run_dir / "result.json").write_text(json.dumps(result))
+    return result
+
+
+def test_local_runs_start_as_soon_as_a_slot_and_their_dependencies_are_free(tmp_path):
+    """Two slots, no waves: the dependant of the fast run starts while the slow run of the first
+    wave still runs, never more than two jobs run at once, and the run others depend on goes first."""
+    variants = {
+        "lone": {"set": {"model.frames": 3}},
+        "slow": {"set": {"model.frames": 32}},
+        "fast": {"set": {"model.frames": 2}},
+        "after_fast": {"stage": "attributes", "init_from": {"variant": "fast"}, "set": {"model.frames": 2}},
+        "after_that": {"stage": "attributes", "init_from": {"variant": "after_fast"}, "set": {"model.frames": 2}},
+    }
+    plan = expand(load_spec(write_spec(tmp_path / "s.yaml", variants, FAST)), "full", tmp_path / "r")
+    targets = {"train": timed_engine}
+    runner = Runner(tmp_path / "r", "local", job_targets=targets, parallelism=2, poll_s=0.1, log=lambda m: None)
+    outcomes = runner.execute(plan)
+    assert {o.state for o in outcomes.values()} == {"done"}
+    by = runs_by_variant(plan)
+    span = {v: json.loads((Path(r.run_dir) / "span.json").read_text()) for v, r in by.items()}
+    # `fast` has two runs after it, `slow` and `lone` none: `fast` starts first, with `lone` (plan order)
+    assert runner.submissions[0].run_ids == [by["fast"].run_id, by["lone"].run_id]
+    # the chain after `fast` runs beside `slow` instead of waiting for the end of its wave
+    assert span["after_fast"][0] < span["slow"][1] and span["after_that"][0] < span["slow"][1]
+    events = sorted([(t0, 1) for t0, _ in span.values()] + [(t1, -1) for _, t1 in span.values()])
+    running = [sum(d for _, d in events[: i + 1]) for i in range(len(events))]
+    assert max(running) <= 2
+    assert {s.wave for s in runner.submissions} == {0, 1, 2}
+
+
 def test_crash_mid_sweep_keeps_finished_runs_and_rerun_resumes(tmp_path):
     marker = tmp_path / "crash"
     marker.touch()

@@ -105,6 +105,7 @@ HASHED_WHEN_ON: dict[str, tuple[str, object]] = {
     "pretrain_list_p": ("pretrain_list_p", 0.0),
     "lexicon_facets": ("lexicon_facets", False),
     "trail_p": ("trail_p", 1.0),
+    "pretrain_shift": ("pretrain_shift", 0.03),
 }
 
 
@@ -153,6 +154,9 @@ class WorldConfig:
     pretrain_weight_decay: float = 0.05
     pretrain_warmup: int = 50
     pretrain_holdout_novel: bool = True
+    #: largest random shift of a pretraining frame's sampling window, as a share of its side (with the
+    #: augmentation's zoom of 0.8-1.0); 0.125 moves it by up to half a 16-pixel patch at 64 pixels
+    pretrain_shift: float = 0.03
     #: captions of things no frame shows (``UNRELATED_PHRASES``) added to each pretraining step as
     #: negatives only, so the lexicon's unrelated phrases are words the CLIP knows (0: off)
     pretrain_negative_captions: int = 8
@@ -199,6 +203,8 @@ class WorldConfig:
         for name in ("pretrain_negative_captions", "pretrain_tail_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"WorldConfig.{name}: got {getattr(self, name)}; expected 0 (off) or more")
+        if not 0.0 <= self.pretrain_shift <= 0.5:
+            raise ValueError(f"WorldConfig.pretrain_shift: got {self.pretrain_shift}; expected a share of the frame in [0, 0.5]")
         if not 0.0 <= self.trail_p <= 1.0:
             raise ValueError(f"WorldConfig.trail_p: got {self.trail_p}; expected a share in [0, 1]")
         if self.pretrain_tail_captions < 1:

@@ -36,9 +36,9 @@ log = logging.getLogger(__name__)
 
 #: Directory of the ``bike-tiny`` / ``bike-micro`` open_clip configs.
 MODEL_CONFIG_DIR = Path(__file__).resolve().parents[1] / "model_configs"
-#: Augmentation: zoom (side of the crop relative to the frame) and largest shift (share of the frame).
+#: Augmentation: zoom (side of the crop relative to the frame) and flip; the largest shift is
+#: ``WorldConfig.pretrain_shift``.
 AUG_ZOOM = (0.8, 1.0)
-AUG_SHIFT = 0.03
 AUG_FLIP_P = 0.5
 #: CLIP's logit scale is clamped at 100 (temperature 0.01).
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -84,12 +84,13 @@ def preprocess(frames: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, size
     return (x - mean[:, None, None]) / std[:, None, None]
 
 
-def augment(x: torch.Tensor, gen: torch.Generator, size: int) -> torch.Tensor:
-    """Random zoom, shift and horizontal flip of ``x`` ``[B, 3, H, W]`` -> ``[B, 3, size, size]``."""
+def augment(x: torch.Tensor, gen: torch.Generator, size: int, shift_share: float = 0.03) -> torch.Tensor:
+    """Random zoom, shift (up to ``shift_share`` of the frame's side) and horizontal flip of ``x``
+    ``[B, 3, H, W]`` -> ``[B, 3, size, size]``."""
     b = x.shape[0]
     zoom = torch.empty(b).uniform_(*AUG_ZOOM, generator=gen)
     flip = torch.where(torch.rand(b, generator=gen) < AUG_FLIP_P, -1.0, 1.0)
-    shift = (torch.rand(b, 2, generator=gen) * 2 - 1) * AUG_SHIFT * 2  # grid coordinates span 2 per frame
+    shift = (torch.rand(b, 2, generator=gen) * 2 - 1) * shift_share * 2  # grid coordinates span 2 per frame
     theta = torch.zeros(b, 2, 3)
     theta[:, 0, 0] = zoom * flip
     theta[:, 1, 1] = zoom
@@ -256,7 +257,7 @@ def _train(
             negatives = negative_captions(cfg.pretrain_negative_captions, set(uniq), rng)
             uniq += negatives
             truth = torch.cat([truth, torch.zeros(len(idx), len(negatives), dtype=torch.bool)], dim=1)
-        x = augment(preprocess(frames[idx], mean, std, frames.shape[1]), gen, size)
+        x = augment(preprocess(frames[idx], mean, std, frames.shape[1]), gen, size, cfg.pretrain_shift)
         img = F.normalize(model.encode_image(x), dim=-1)
         tok = tokens(uniq)
         txt = text(tok)

@@ -7,7 +7,9 @@ import torch.nn.functional as F
 from bike.world.config import world_config
 from bike.world.generator import split_compositions
 from bike.world.pretrain import (
+    AUG_ZOOM,
     ShortTextEncoder,
+    augment,
     create_model,
     lr_at,
     multi_positive_clip_loss,
@@ -128,3 +130,29 @@ def test_negative_captions_and_tail_grounding_train_what_plain_pretraining_leave
     tail = lambda m: m.positional_embedding[30:].detach()  # noqa: E731  (no caption is 30 tokens long)
     assert F.cosine_similarity(tail(off), tail(init), dim=1).min() > 1 - 1e-6
     assert F.cosine_similarity(tail(on), tail(init), dim=1).min() < 1 - 1e-3
+
+
+def test_augment_shifts_the_frame_by_at_most_pretrain_shift_of_its_side():
+    """``WorldConfig.pretrain_shift``: the sampling window moves by at most that share of the frame's
+    side, so a centred spot moves by at most ``shift / zoom`` (the zoom, 0.8-1.0, scales about the centre
+    and the flip mirrors about it): the default 0.03 keeps it within 2.4 pixels at 64, 0.125 takes it
+    past half a 16-pixel patch."""
+    size = 64
+    x = torch.zeros(256, 3, size, size)
+    x[:, :, 30:34, 30:34] = 1.0  # a spot at the centre
+
+    def displacement(share: float) -> torch.Tensor:
+        y = augment(x, torch.Generator().manual_seed(0), size, share)[:, 0]
+        w = y / y.sum(dim=(1, 2), keepdim=True)
+        grid = torch.arange(size, dtype=torch.float32) + 0.5
+        cx = (w.sum(dim=1) * grid).sum(dim=1) - size / 2
+        cy = (w.sum(dim=2) * grid).sum(dim=1) - size / 2
+        return torch.maximum(cx.abs(), cy.abs())
+
+    small, large = displacement(0.03), displacement(0.125)
+    zoom_min = AUG_ZOOM[0]
+    assert small.max() <= 0.03 * size / zoom_min + 0.25 and large.max() <= 0.125 * size / zoom_min + 0.25
+    assert large.max() > 8.0 and small.max() > 0.02 * size
+    assert world_config("default").pretrain_shift == 0.03
+    with pytest.raises(ValueError, match="pretrain_shift"):
+        world_config("default", pretrain_shift=0.7)

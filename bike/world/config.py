@@ -106,6 +106,7 @@ HASHED_WHEN_ON: dict[str, tuple[str, object]] = {
     "lexicon_facets": ("lexicon_facets", False),
     "trail_p": ("trail_p", 1.0),
     "pretrain_shift": ("pretrain_shift", 0.03),
+    "width": ("width", 0),
 }
 
 
@@ -127,6 +128,11 @@ class WorldConfig:
     frames: int = 32
     fps: int = 8
     size: int = 64
+    #: frame width in pixels (0: square frames of ``size``). A landscape frame (e.g. 80 at size 64; a
+    #: Kinetics frame is 4:3) is wider than the test crop, so the three test crops see different parts of
+    #: the scene; the action keeps to the centred ``size`` square, as a camera frames its subject, and
+    #: the CLIP is pretrained on square snapshots as before
+    width: int = 0
     train_per_class: int = 10
     val_per_class: int = 4
     novel_train_per_class: int = 8
@@ -200,6 +206,8 @@ class WorldConfig:
             raise ValueError(f"WorldConfig.window: got {self.window}; expected 0 < low <= high <= 1")
         if self.size % 16 or self.size < 32:
             raise ValueError(f"WorldConfig.size: got {self.size}; expected a multiple of 16, at least 32 (decord reads these widths)")
+        if self.width and (self.width % 16 or self.width < self.size):
+            raise ValueError(f"WorldConfig.width: got {self.width}; expected 0 (square) or a multiple of 16 of at least size={self.size}")
         for name in ("pretrain_negative_captions", "pretrain_tail_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"WorldConfig.{name}: got {getattr(self, name)}; expected 0 (off) or more")
@@ -211,6 +219,11 @@ class WorldConfig:
             raise ValueError(f"WorldConfig.pretrain_tail_captions: got {self.pretrain_tail_captions}; expected at least 1")
         if self.frames < self.model_frames:
             raise ValueError(f"WorldConfig.frames: got {self.frames}; expected at least model_frames={self.model_frames}")
+
+    @property
+    def frame_width(self) -> int:
+        """Width of the videos' frames in pixels (``size`` for square frames)."""
+        return self.width or self.size
 
     @property
     def num_compositions(self) -> int:

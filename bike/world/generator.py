@@ -235,7 +235,7 @@ def action_slot(
 
 def distractor_slot(rng: np.random.Generator, cfg: WorldConfig, shapes: Sequence[str]) -> ObjectSlot:
     """A static grey or white object visible in a random window of the video."""
-    T, size = cfg.frames, cfg.size
+    T, size, width = cfg.frames, cfg.size, cfg.frame_width
     slot = ObjectSlot.empty(T)
     length = int(np.clip(round(rng.uniform(DISTRACTOR_MIN_SHARE, 1.0) * T), 1, T))
     start = int(rng.integers(0, T - length + 1))
@@ -244,7 +244,7 @@ def distractor_slot(rng: np.random.Generator, cfg: WorldConfig, shapes: Sequence
     slot.visible[start:start + length] = True
     slot.shape[:] = SHAPE_IDS[shapes[int(rng.integers(len(shapes)))]]
     slot.rgb[:] = _jitter_rgb(rng, DISTRACTOR_RGB[colour])
-    slot.cx[:] = rng.uniform(radius + 1, size - radius - 1)
+    slot.cx[:] = rng.uniform(radius + 1, width - radius - 1)  # anywhere across a landscape frame
     slot.cy[:] = rng.uniform(radius + 1, size - radius - 1)
     slot.r[:] = radius
     return slot
@@ -255,12 +255,13 @@ def make_video(
 ) -> tuple[np.ndarray, list[ActionInstance]]:
     """Render one video with one action per composition in ``comps`` (1 or 2).
 
-    Returns (frames uint8 ``[T, H, W, 3]``, the actions with their frame windows).
+    Returns (frames uint8 ``[T, H, W, 3]``, the actions with their frame windows). The actions keep to
+    the centred ``size`` square of a landscape frame (``cfg.width``); a distractor may stand anywhere.
     """
     if not 1 <= len(comps) <= 2:
         raise ValueError(f"make_video: got {len(comps)} compositions; expected 1 or 2")
     T, size = cfg.frames, cfg.size
-    bg = np.repeat(make_backgrounds(rng, 1, size), T, axis=0)
+    bg = np.repeat(make_backgrounds(rng, 1, size, width=cfg.frame_width), T, axis=0)
     bg += rng.normal(0, 1.5, (T, 1, 1, 1)).astype(np.float32)  # slight flicker of the light
     slots: list[ObjectSlot] = []
     if rng.random() < cfg.distractor_p:
@@ -272,6 +273,9 @@ def make_video(
         order = rng.permutation(2)
         boxes = [(halves[i][0], halves[i][1], 0.0, float(size)) for i in order]
         scale = MULTI_SCALE
+    left = (cfg.frame_width - size) / 2
+    if left:
+        boxes = [(x0 + left, x1 + left, y0, y1) for x0, x1, y0, y1 in boxes]
     instances = []
     for comp, box in zip(comps, boxes):
         slot, inst = action_slot(rng, cfg, comp, box, scale)

@@ -59,9 +59,13 @@ def read_video_list(list_file: str | Path, root: str | Path) -> tuple[list[Path]
 
 @torch.no_grad()
 def encode_videos(model: nn.Module, videos: Sequence[np.ndarray], batch: int = 64) -> torch.Tensor:
-    """L2-normalised frame embeddings ``[N, T, D]`` of N videos (each uint8 ``[T, H, W, 3]``)."""
+    """L2-normalised frame embeddings ``[N, T, D]`` of N videos (each uint8 ``[T, H, W, 3]``; the centred
+    square of a landscape frame, where the world's actions are)."""
     mean, std, size = image_stats(model)
     frames = torch.from_numpy(np.stack(videos))  # [N, T, H, W, 3]
+    h, w = frames.shape[2:4]
+    if w > h:
+        frames = frames[:, :, :, (w - h) // 2:(w - h) // 2 + h]
     n, t = frames.shape[:2]
     flat = frames.reshape(n * t, *frames.shape[2:])
     out = [F.normalize(model.encode_image(preprocess(flat[i:i + batch], mean, std, size)), dim=-1)

@@ -121,16 +121,16 @@ def _draw(
     """Blend a shape into ``canvas[idx]`` in place, touching only a box around each shape.
 
     canvas: float ``[N, H + 2 pad, W + 2 pad, 3]`` (the frame padded by ``pad`` pixels on each side, so
-    boxes never leave it); idx, shape, cx, cy, r: ``[n]``; rgb: ``[n, 3]``; coordinates in frame pixels.
+    boxes never leave it; ``W`` may exceed ``H``); idx, shape, cx, cy, r: ``[n]``; rgb: ``[n, 3]``; coordinates in frame pixels.
     """
     if len(idx) == 0:
         return
-    full = canvas.shape[1]
+    full_h, full_w = canvas.shape[1], canvas.shape[2]
     reach = r * (1.0 + (OUTLINE_WIDTH if outline else 0.0) / np.maximum(r, 1e-3)) + 2.0
     box = int(np.ceil(2 * reach.max())) + 1
-    box = min(box, full)
-    x0 = np.clip(np.floor(cx + pad - box / 2).astype(np.int64), 0, full - box)
-    y0 = np.clip(np.floor(cy + pad - box / 2).astype(np.int64), 0, full - box)
+    box = min(box, full_h, full_w)
+    x0 = np.clip(np.floor(cx + pad - box / 2).astype(np.int64), 0, full_w - box)
+    y0 = np.clip(np.floor(cy + pad - box / 2).astype(np.int64), 0, full_h - box)
     steps = np.arange(box)
     rows = y0[:, None] + steps[None, :]  # [n, box] padded coordinates
     cols = x0[:, None] + steps[None, :]
@@ -191,21 +191,28 @@ def _upsample_matrix(low: int, high: int) -> np.ndarray:
     return m
 
 
-def make_backgrounds(rng: np.random.Generator, n: int, size: int, texture_cells: int = 6) -> np.ndarray:
-    """``n`` dim, low-saturation, textured backgrounds: float32 ``[n, size, size, 3]`` in 0..255.
+def make_backgrounds(
+    rng: np.random.Generator, n: int, size: int, texture_cells: int = 6, width: int | None = None
+) -> np.ndarray:
+    """``n`` dim, low-saturation, textured backgrounds: float32 ``[n, size, width, 3]`` in 0..255
+    (``width`` defaults to ``size``; a wider frame has proportionally more texture cells across).
 
     Each is a base grey with a slight tint, a linear gradient and a smooth random texture, so that
     backgrounds vary between videos but never look like an object colour.
     """
+    width = size if width is None else width
+    cells_x = texture_cells if width == size else max(1, round(texture_cells * width / size))
     base = rng.uniform(25, 85, (n, 1, 1, 1)) + rng.uniform(-10, 10, (n, 1, 1, 3))
     ang = rng.uniform(0, 2 * np.pi, n)
     amp = rng.uniform(0, 25, n)
-    coords = (np.arange(size, dtype=np.float32) / (size - 1) - 0.5)
-    grad = (np.cos(ang)[:, None, None] * coords[None, None, :] + np.sin(ang)[:, None, None] * coords[None, :, None])
+    ys = (np.arange(size, dtype=np.float32) / (size - 1) - 0.5)
+    # across a wider frame: the same pixel pitch, centred (a square frame takes ys itself, bit for bit)
+    xs = ys if width == size else ((np.arange(width) - (width - 1) / 2) / (size - 1)).astype(np.float32)
+    grad = (np.cos(ang)[:, None, None] * xs[None, None, :] + np.sin(ang)[:, None, None] * ys[None, :, None])
     grad = grad * amp[:, None, None]
-    m = _upsample_matrix(texture_cells, size)
-    low = rng.standard_normal((n, 3, texture_cells, texture_cells), dtype=np.float32)
-    tex = (m @ low @ m.T).transpose(0, 2, 3, 1)  # [n, size, size, 3]
+    m_y, m_x = _upsample_matrix(texture_cells, size), _upsample_matrix(cells_x, width)
+    low = rng.standard_normal((n, 3, texture_cells, cells_x), dtype=np.float32)
+    tex = (m_y @ low @ m_x.T).transpose(0, 2, 3, 1)  # [n, size, width, 3]
     out = tex * rng.uniform(3, 9, (n, 1, 1, 1)).astype(np.float32)
     out += (base + grad[..., None]).astype(np.float32)
     return np.clip(out, 0, 255, out=out)
@@ -219,8 +226,6 @@ def render(
     Returns uint8 ``[N, H, W, 3]``.
     """
     n, h, w, _ = backgrounds.shape
-    if h != w:
-        raise ValueError(f"render: frames must be square, got {h}x{w}")
     pad = h // 2
     canvas = np.zeros((n, h + 2 * pad, w + 2 * pad, 3), np.float32)
     canvas[:, pad:pad + h, pad:pad + w] = backgrounds

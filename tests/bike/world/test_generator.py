@@ -113,3 +113,25 @@ def test_trail_p_draws_some_actions_without_their_motion_trail():
         assert ([n for *_, n in got] == [n for *_, n in with_trail]) == (p == 1.0)
     with pytest.raises(ValueError, match="trail_p"):
         world_config("default", trail_p=1.5)
+
+
+def test_landscape_frames_keep_the_action_in_the_centred_square():
+    """``width``: frames are ``size`` x ``width``; the action's object stays inside the centred square
+    (so the side strips show background, sometimes a distractor); the background's texture spans the
+    whole width; 0 keeps square frames."""
+    comp = Composition("red", "ball", "growing")  # no trail spilling past its box (it grows by 1/4 of its radius)
+    square = world_config("default", frames=24, distractor_p=0.0)
+    wide = world_config("default", frames=24, distractor_p=0.0, width=96)
+    assert square.frame_width == 64 and wide.frame_width == 96
+    red = np.asarray(COLOUR_RGB["red"], np.float32)
+    for i in range(12):
+        frames, _ = make_video(video_rng(0, 0, i), wide, [comp])
+        assert frames.shape == (24, 64, 96, 3)
+        reddish = np.abs(frames.astype(np.float32) - red).sum(-1) < 60  # [T, H, W]
+        cols = np.flatnonzero(reddish.any(axis=(0, 1)))
+        assert cols.size and cols.min() >= 16 - 5 and cols.max() < 80 + 5  # the square is x in [16, 80)
+        assert frames[:, :, :8].std() > 0 and frames[:, :, -8:].std() > 0  # textured strips, not padding
+        assert make_video(video_rng(0, 0, i), square, [comp])[0].shape == (24, 64, 64, 3)
+    for bad in (72, 48):
+        with pytest.raises(ValueError, match="width"):
+            world_config("default", width=bad)

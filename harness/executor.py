@@ -402,7 +402,8 @@ class Runner:
                     del running[rid]
                     changed = True
             for run in list(todo):
-                reason = self._blocked(run, outcomes)
+                # a dependency another invocation still runs blocks nothing yet: wait for its end
+                reason = None if any(d in elsewhere for d in run.dependencies) else self._blocked(run, outcomes)
                 if reason:
                     todo.remove(run)
                     outcomes[run.run_id] = RunOutcome(run.run_id, "pending", "blocked", reason=reason)

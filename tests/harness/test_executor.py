@@ -159,6 +159,38 @@ def test_local_runs_start_as_soon_as_a_slot_and_their_dependencies_are_free(tmp_
     assert {s.wave for s in runner.submissions} == {0, 1, 2}
 
 
+def test_a_run_waits_for_its_dependency_running_in_another_invocation(tmp_path):
+    """A dependency another invocation is running is waited for (never duplicated), and its dependant
+    starts once it is done instead of being reported blocked."""
+    import threading
+
+    from harness.expand import Plan
+
+    variants = {"first": {"set": {"model.frames": 16}},
+                "after": {"stage": "attributes", "init_from": {"variant": "first"}, "set": {"model.frames": 2}}}
+    plan = expand(load_spec(write_spec(tmp_path / "s.yaml", variants, FAST)), "full", tmp_path / "r")
+    by = runs_by_variant(plan)
+    targets = {"train": timed_engine}
+    alone = Plan(plan.scale, plan.results, [by["first"]], specs=plan.specs)
+    other = threading.Thread(target=lambda: Runner(tmp_path / "r", "local", job_targets=targets, poll_s=0.1,
+                                                   log=lambda m: None).execute(alone))
+    other.start()
+    first = RunDir(by["first"].run_dir)
+    deadline = time.time() + 60
+    while recorded_job_state(first) != "active" and time.time() < deadline:
+        time.sleep(0.05)
+    assert recorded_job_state(first) == "active"
+    logs: list[str] = []
+    runner = Runner(tmp_path / "r", "local", job_targets=targets, parallelism=2, poll_s=0.1, log=logs.append)
+    outcomes = runner.execute(plan)
+    other.join()
+    assert outcomes[by["first"].run_id].action == "waited" and outcomes[by["first"].run_id].state == "done"
+    assert outcomes[by["after"].run_id].state == "done" and outcomes[by["after"].run_id].action == "submitted"
+    assert [s.run_ids for s in runner.submissions] == [[by["after"].run_id]]
+    assert any("already running" in line for line in logs)
+    assert len(first.submissions()) == 1
+
+
 def test_crash_mid_sweep_keeps_finished_runs_and_rerun_resumes(tmp_path):
     marker = tmp_path / "crash"
     marker.touch()

@@ -84,9 +84,9 @@ def preprocess(frames: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, size
     return (x - mean[:, None, None]) / std[:, None, None]
 
 
-def augment(x: torch.Tensor, gen: torch.Generator, size: int, shift_share: float = 0.03) -> torch.Tensor:
-    """Random zoom, shift (up to ``shift_share`` of the frame's side) and horizontal flip of ``x``
-    ``[B, 3, H, W]`` -> ``[B, 3, size, size]``."""
+def augment(x: torch.Tensor, gen: torch.Generator, size: int, shift_share: float) -> torch.Tensor:
+    """Random zoom, shift (up to ``shift_share`` of the frame's side: ``WorldConfig.pretrain_shift``) and
+    horizontal flip of ``x`` ``[B, 3, H, W]`` -> ``[B, 3, size, size]``."""
     b = x.shape[0]
     zoom = torch.empty(b).uniform_(*AUG_ZOOM, generator=gen)
     flip = torch.where(torch.rand(b, generator=gen) < AUG_FLIP_P, -1.0, 1.0)

@@ -102,6 +102,7 @@ def test_bench_mlflow_logging_per_training_step(benchmark, tmp_path):
                              "lr_clip": 5e-6, "lr_new": 5e-5, "step": s, "steps_per_s": 10.0, "time": 1.0 + s})
                  for s in range(1, LOGGED_STEPS + 1)]
         rd.metrics_path.write_text("\n".join(lines) + "\n")
+        rd.write_state("running")  # a started job: the tracker logs runs from their start on
         return (rd,), {}
 
     def log(rd: RunDir) -> str:

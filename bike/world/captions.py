@@ -49,6 +49,14 @@ def motion_words(motion: str) -> tuple[str, ...]:
 
 def phrase(pattern: str, colour: str, shape: str, motion: str, rng: np.random.Generator | None = None) -> str:
     """The words of a caption for ``pattern`` (canonical words when ``rng`` is None, else synonyms)."""
+    return " ".join(word for _, word in phrase_parts(pattern, colour, shape, motion, rng))
+
+
+def phrase_parts(
+    pattern: str, colour: str, shape: str, motion: str, rng: np.random.Generator | None = None
+) -> list[tuple[str, str]]:
+    """The words of a caption for ``pattern`` in order, each with the attribute it names (``c``, ``s``,
+    ``m``; ``""`` for the generic ``shape`` of ``cm``); synonyms drawn as :func:`phrase` draws them."""
 
     def pick(options: tuple[str, ...]) -> str:
         return options[0] if rng is None else options[int(rng.integers(len(options)))]
@@ -56,11 +64,11 @@ def phrase(pattern: str, colour: str, shape: str, motion: str, rng: np.random.Ge
     s = pick(SHAPE_WORDS[shape])
     m = pick(motion_words(motion))
     return {
-        "csm": f"{colour} {s} {m}",
-        "cs": f"{colour} {s}",
-        "sm": f"{s} {m}",
-        "cm": f"{colour} shape {m}",
-        "s": s,
+        "csm": [("c", colour), ("s", s), ("m", m)],
+        "cs": [("c", colour), ("s", s)],
+        "sm": [("s", s), ("m", m)],
+        "cm": [("c", colour), ("", "shape"), ("m", m)],
+        "s": [("s", s)],
     }[pattern]
 
 
@@ -101,6 +109,41 @@ def sample_captions(
             motion=m_i if "m" in pattern else -1,
         ))
     return texts, specs
+
+
+def prefix_captions(
+    pool: SnapshotPool, idx: np.ndarray, rng: np.random.Generator, count: int
+) -> tuple[list[str], list[CaptionSpec]]:
+    """Up to ``count`` distinct caption prefixes (text and spec) of frames ``idx`` that show an object.
+
+    Each is an object caption cut after one of the attributes it names (``a video of a red``, ``a video
+    of a red ball``, ``a video of a red ball rising``), to be read at its last word rather than at its
+    end-of-text token: in a causal text tower that is the output of that word inside the whole caption.
+    The spec names what the words up to the cut name, so the output at each word is trained to mean the
+    caption so far, as the outputs at the word positions of a web-scale CLIP are (its captions come in
+    every length, and a prefix of one is another).
+    """
+    vocab = pool.vocab
+    names = list(PATTERNS)
+    probs = np.array(list(PATTERNS.values()))
+    seen: dict[str, CaptionSpec] = {}
+    with_object = [int(i) for i in idx if (pool.shape[i] >= 0).any()]
+    for i in rng.permutation(with_object)[:count] if with_object else []:
+        present = [j for j in (MAIN, DISTRACTOR) if pool.shape[i, j] >= 0]
+        j = present[0] if len(present) == 1 or rng.random() < MAIN_P else present[1]
+        s_i, c_i, m_i = int(pool.shape[i, j]), int(pool.colour[i, j]), int(pool.motion[i, j])
+        pattern = names[int(rng.choice(len(names), p=probs))]
+        parts = phrase_parts(pattern, vocab.colours[c_i], vocab.shapes[s_i], vocab.motions[m_i], rng)
+        parts = parts[: int(rng.integers(1, len(parts) + 1))]
+        named = "".join(a for a, _ in parts)
+        template = CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))].split("{}")[0]
+        text = template + " ".join(w for _, w in parts)
+        seen.setdefault(text, CaptionSpec(
+            shape=s_i if "s" in named else -1,
+            colour=c_i if "c" in named else -1,
+            motion=m_i if "m" in named else -1,
+        ))
+    return list(seen), list(seen.values())
 
 
 def truth_matrix(pool: SnapshotPool, idx: np.ndarray, specs: list[CaptionSpec]) -> np.ndarray:

@@ -103,6 +103,8 @@ HASHED_WHEN_ON: dict[str, tuple[str, object]] = {
     "pretrain_tail_every": ("pretrain_tail_every", 0),
     "pretrain_tail_captions": ("pretrain_tail_every", 0),
     "pretrain_list_p": ("pretrain_list_p", 0.0),
+    "pretrain_prefix_every": ("pretrain_prefix_every", 0),
+    "pretrain_prefix_captions": ("pretrain_prefix_every", 0),
     "lexicon_facets": ("lexicon_facets", False),
     "trail_p": ("trail_p", 1.0),
     "pretrain_shift": ("pretrain_shift", 0.03),
@@ -171,6 +173,11 @@ class WorldConfig:
     #: after their end-of-text token, grounding every text position (0: off)
     pretrain_tail_every: int = 4
     pretrain_tail_captions: int = 16
+    #: every this many steps, ``pretrain_prefix_captions`` caption prefixes (``a video of a red``, ``a
+    #: video of a red ball``) are read at their last word, each a positive of the frames it is true of:
+    #: the outputs at the word positions mean the caption so far (0: off)
+    pretrain_prefix_every: int = 0
+    pretrain_prefix_captions: int = 16
     #: share of object captions that list 2-4 phrases about the object, comma-joined (0: off)
     pretrain_list_p: float = 0.0
     #: the world lexicon also names the facets of an action (``ball rising``, ``red shape``, ``ball``)
@@ -208,15 +215,16 @@ class WorldConfig:
             raise ValueError(f"WorldConfig.size: got {self.size}; expected a multiple of 16, at least 32 (decord reads these widths)")
         if self.width and (self.width % 16 or self.width < self.size):
             raise ValueError(f"WorldConfig.width: got {self.width}; expected 0 (square) or a multiple of 16 of at least size={self.size}")
-        for name in ("pretrain_negative_captions", "pretrain_tail_every"):
+        for name in ("pretrain_negative_captions", "pretrain_tail_every", "pretrain_prefix_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"WorldConfig.{name}: got {getattr(self, name)}; expected 0 (off) or more")
         if not 0.0 <= self.pretrain_shift <= 0.5:
             raise ValueError(f"WorldConfig.pretrain_shift: got {self.pretrain_shift}; expected a share of the frame in [0, 0.5]")
         if not 0.0 <= self.trail_p <= 1.0:
             raise ValueError(f"WorldConfig.trail_p: got {self.trail_p}; expected a share in [0, 1]")
-        if self.pretrain_tail_captions < 1:
-            raise ValueError(f"WorldConfig.pretrain_tail_captions: got {self.pretrain_tail_captions}; expected at least 1")
+        for name in ("pretrain_tail_captions", "pretrain_prefix_captions"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"WorldConfig.{name}: got {getattr(self, name)}; expected at least 1")
         if self.frames < self.model_frames:
             raise ValueError(f"WorldConfig.frames: got {self.frames}; expected at least model_frames={self.model_frames}")
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bike.rundir import atomic_write_torch
-from bike.world.captions import negative_captions, sample_captions, truth_matrix, vocabulary_phrases
+from bike.world.captions import negative_captions, prefix_captions, sample_captions, truth_matrix, vocabulary_phrases
 from bike.world.config import WorldConfig
 from bike.world.generator import STREAM_PRETRAIN_STEPS, Composition
 from bike.world.snapshots import SnapshotPool, sample_pool
@@ -119,8 +119,8 @@ class ShortTextEncoder(nn.Module):
     def forward(self, tokens: torch.Tensor, pool_at: Optional[torch.Tensor] = None) -> torch.Tensor:
         """tokens ``[U, L]`` (zero padded) -> normalised features ``[U, D]``.
 
-        ``pool_at`` ``[U]``: read each caption's feature there (at or after its end-of-text token: a
-        padding position) instead of at its end-of-text token.
+        ``pool_at`` ``[U]``: read each caption's feature there instead of at its end-of-text token (a
+        padding position after it, or a word before it).
         """
         m = self.model
         eot = tokens.argmax(dim=-1) if pool_at is None else pool_at
@@ -154,9 +154,16 @@ def multi_positive_clip_loss(logits: torch.Tensor, truth: torch.Tensor) -> torch
     i2t = -(t / t.sum(1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1).mean()
     cols = truth.any(0)
     if not bool(cols.all()):  # captions true of no frame (negatives only) have no text->frame term
-        t, logits = t[:, cols], logits[:, cols]
-    t2i = -(t / t.sum(0, keepdim=True) * F.log_softmax(logits, dim=0)).sum(0).mean()
-    return (i2t + t2i) / 2
+        truth, logits = truth[:, cols], logits[:, cols]
+    return (i2t + text_to_frames_loss(logits, truth)) / 2
+
+
+def text_to_frames_loss(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """The text -> frames half of :func:`multi_positive_clip_loss`: logits ``[B, U]``, truth bool ``[B, U]``
+    (every column true of at least one frame); each caption's cross-entropy over the batch's frames to
+    the uniform distribution over its true frames, averaged over captions."""
+    t = truth.float()
+    return -(t / t.sum(0, keepdim=True) * F.log_softmax(logits, dim=0)).sum(0).mean()
 
 
 def lr_at(step: int, steps: int, warmup: int, base: float) -> float:
@@ -270,6 +277,15 @@ def _train(
             txt = txt.index_copy(0, pick, text(tok[pick], pool_at=at))
         scale = model.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
         loss = multi_positive_clip_loss(scale * img @ txt.T, truth)
+        if cfg.pretrain_prefix_every and step % cfg.pretrain_prefix_every == 0:
+            # ground the word positions: caption prefixes read at their last word, as queries over the
+            # batch's frames (text -> frames only: each frame keeps the targets of its own captions)
+            prefixes, prefix_specs = prefix_captions(pool, idx, rng, cfg.pretrain_prefix_captions)
+            if prefixes:
+                ptok = tokens(prefixes)
+                ptxt = text(ptok, pool_at=ptok.argmax(dim=-1) - 1)
+                ptruth = torch.from_numpy(truth_matrix(pool, idx, prefix_specs))
+                loss = loss + text_to_frames_loss(scale * img @ ptxt.T, ptruth) / 2
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

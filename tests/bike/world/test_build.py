@@ -206,25 +206,29 @@ def test_pretraining_options_switched_off_leave_the_world_identity_unchanged():
     from bike.world.config import FIRST_DESIGN
 
     later = {"pretrain_negative_captions", "pretrain_tail_every", "pretrain_tail_captions", "pretrain_list_p",
-             "lexicon_facets", "trail_p", "pretrain_shift", "width"}
+             "lexicon_facets", "trail_p", "pretrain_shift", "width", "pretrain_prefix_every", "pretrain_prefix_captions"}
     for size in ("default", "test"):
-        first = dict(FIRST_DESIGN, pretrain_list_p=0.0, trail_p=1.0, pretrain_shift=0.03, width=0)
+        first = dict(FIRST_DESIGN, pretrain_list_p=0.0, trail_p=1.0, pretrain_shift=0.03, width=0, pretrain_prefix_every=0)
         cfg = world_config(size, **first)
         old = {k: v for k, v in asdict(cfg).items() if k not in later}
         payload = json.dumps({"config": old, "seed": 3}, sort_keys=True, separators=(",", ":"))
         assert cfg.content_hash(3) == hashlib.sha256(payload.encode()).hexdigest()[:10]
-        assert world_config(size, **dict(first, pretrain_tail_captions=4)).content_hash(3) == cfg.content_hash(3)
+        for unused in ({"pretrain_tail_captions": 4}, {"pretrain_prefix_captions": 4}):  # their switch is off
+            assert world_config(size, **dict(first, **unused)).content_hash(3) == cfg.content_hash(3)
         hashes = {world_config(size, **dict(first, **kw)).content_hash(3) for kw in
                   ({"pretrain_negative_captions": 8}, {"pretrain_tail_every": 4},
                    {"pretrain_tail_every": 4, "pretrain_tail_captions": 4}, {"pretrain_list_p": 0.2},
-                   {"lexicon_facets": True}, {"trail_p": 0.5}, {"pretrain_shift": 0.125}, {"width": 80})}
-        assert len(hashes) == 8 and cfg.content_hash(3) not in hashes
+                   {"lexicon_facets": True}, {"trail_p": 0.5}, {"pretrain_shift": 0.125}, {"width": 80},
+                   {"pretrain_prefix_every": 2}, {"pretrain_prefix_every": 2, "pretrain_prefix_captions": 4})}
+        assert len(hashes) == 10 and cfg.content_hash(3) not in hashes
     assert world_config("test") == world_config("test", **FIRST_DESIGN)  # the test world keeps the first design
     default = world_config("default")
     assert (default.window, default.pretrain_negative_captions, default.pretrain_tail_every,
             default.lexicon_facets) == ((0.6, 0.9), 8, 4, True)
     # the default's options are on, so they are hashed; the two still off are not
-    hashed = {k: v for k, v in asdict(default).items() if k not in ("pretrain_list_p", "trail_p", "pretrain_shift", "width")}
+    hashed = {k: v for k, v in asdict(default).items()
+              if k not in ("pretrain_list_p", "trail_p", "pretrain_shift", "width", "pretrain_prefix_every",
+                           "pretrain_prefix_captions")}
     payload = json.dumps({"config": hashed, "seed": 3}, sort_keys=True, separators=(",", ":"))
     assert default.content_hash(3) == hashlib.sha256(payload.encode()).hexdigest()[:10]
     assert default.content_hash(3) != world_config("default", **FIRST_DESIGN).content_hash(3)

@@ -1,7 +1,15 @@
 import numpy as np
 
-from bike.world.captions import CaptionSpec, negative_captions, phrase, sample_captions, truth_matrix, vocabulary_phrases
-from bike.world.config import CAPTION_TEMPLATES, UNRELATED_PHRASES, world_config
+from bike.world.captions import (
+    CaptionSpec,
+    negative_captions,
+    phrase,
+    prefix_captions,
+    sample_captions,
+    truth_matrix,
+    vocabulary_phrases,
+)
+from bike.world.config import CAPTION_TEMPLATES, MOTION_WORDS, SHAPE_WORDS, STILL_WORDS, UNRELATED_PHRASES, world_config
 from bike.world.snapshots import SnapshotPool, Vocabulary
 
 
@@ -81,3 +89,32 @@ def test_list_captions_join_phrases_about_one_object_and_name_their_union():
     plain, _ = sample_captions(pool, idx, np.random.default_rng(1))
     assert not any("," in t for t in plain)
     assert "," in vocabulary_phrases(v, lists=True) and "," not in vocabulary_phrases(v)
+
+
+def test_caption_prefixes_end_at_an_attribute_and_name_what_their_words_name():
+    pool, v = _pool()
+    idx = np.arange(3)  # frame 1 is empty: no prefix of it
+    rng = np.random.default_rng(3)
+    got = [prefix_captions(pool, idx, rng, 2) for _ in range(200)]
+    pairs = {(t, spec) for texts, specs in got for t, spec in zip(texts, specs)}
+    assert all(len(texts) == len(set(texts)) <= 2 for texts, _ in got)
+    stems = {t.split("{}")[0] for t in CAPTION_TEMPLATES}
+    shape_words = {w for ws in SHAPE_WORDS.values() for phrase_ in ws for w in phrase_.split()}
+    motion_phrases = tuple(w for ws in MOTION_WORDS.values() for w in ws) + STILL_WORDS
+    for text, spec in pairs:
+        words = text[len(max((s for s in stems if text.startswith(s)), key=len)):].split()
+        # the spec names the colour when the prefix has a colour word, the shape when it has a shape
+        # word, the motion when it ends with a whole motion phrase (never inside "moving up")
+        assert (spec.colour >= 0) == (words[0] in v.colours)
+        assert (spec.shape >= 0) == any(w in shape_words for w in words)
+        assert (spec.motion >= 0) == text.endswith(motion_phrases)
+        shape_phrases = tuple(w for ws in SHAPE_WORDS.values() for w in ws) + ("shape",)
+        assert text.endswith(tuple(v.colours) + shape_phrases + motion_phrases)
+    # every prefix is true of its frame (the frames with an object), and each cut occurs
+    texts = [t for t, _ in pairs]
+    specs = [s for _, s in pairs]
+    truth = truth_matrix(pool, idx, specs)
+    assert truth[[0, 2]].any(axis=0).all() and not truth[1].any()
+    cut_after = {("c" if s.colour >= 0 else "") + ("s" if s.shape >= 0 else "") + ("m" if s.motion >= 0 else "") for s in specs}
+    assert {"c", "cs", "csm", "s", "sm", "cm"} <= cut_after
+    assert any(t.endswith(" red") or t == "red" for t in texts)

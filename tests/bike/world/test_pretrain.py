@@ -11,11 +11,15 @@ from bike.world.pretrain import (
     ShortTextEncoder,
     augment,
     create_model,
+    image_stats,
     lr_at,
     multi_positive_clip_loss,
+    preprocess,
     pretrain_clip,
     save_checkpoint,
+    text_to_frames_loss,
 )
+from bike.world.snapshots import sample_pool
 
 
 def test_short_text_encoder_equals_full_encode_text():
@@ -130,6 +134,52 @@ def test_negative_captions_and_tail_grounding_train_what_plain_pretraining_leave
     tail = lambda m: m.positional_embedding[30:].detach()  # noqa: E731  (no caption is 30 tokens long)
     assert F.cosine_similarity(tail(off), tail(init), dim=1).min() > 1 - 1e-6
     assert F.cosine_similarity(tail(on), tail(init), dim=1).min() < 1 - 1e-3
+
+
+def test_text_to_frames_loss_is_the_text_half_of_the_multi_positive_loss():
+    """Written from its definition: for each caption, minus the mean log-softmax over the batch's frames
+    of the frames it is true of."""
+    logits = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    truth = torch.tensor([[1, 0, 1], [0, 1, 0], [1, 0, 0], [0, 0, 1], [0, 1, 0]], dtype=torch.bool)
+    expected = []
+    for u in range(3):
+        logp = logits[:, u] - torch.logsumexp(logits[:, u], dim=0)
+        expected.append(-logp[truth[:, u]].mean())
+    torch.testing.assert_close(text_to_frames_loss(logits, truth), torch.stack(expected).mean())
+
+
+def test_prefix_grounding_trains_the_word_positions_towards_the_frames_their_prefix_names():
+    """On, the output at the colour word of "a red ball rising" (the prefix "a red") is trained as a query
+    over the frames: it moves, and its similarity to the frames that show its colour rises more than
+    off, where only the end-of-text outputs are trained."""
+    from dataclasses import replace
+
+    from bike.backbone import ClipBackbone
+
+    off_cfg = world_config("test", pretrain_steps=80, pretrain_frames=128, pretrain_batch=64)
+    on_cfg = replace(off_cfg, pretrain_prefix_every=1, pretrain_prefix_captions=32)
+    seen, _ = split_compositions(off_cfg, 0)
+    pool = sample_pool(off_cfg, 0, seen, 128)
+    gaps = {}
+    for name, cfg in (("off", off_cfg), ("on", on_cfg)):
+        model, stats = pretrain_clip(cfg, 0, seen)
+        if name == "on":
+            assert len(stats.losses) == 80
+        bb = ClipBackbone(model, open_clip.get_tokenizer(cfg.model))
+        mean, std, size = image_stats(model)
+        with torch.no_grad():
+            img = F.normalize(model.encode_image(preprocess(torch.from_numpy(pool.frames), mean, std, size)), dim=-1)
+            gap = []
+            for c, colour in enumerate(pool.vocab.colours):
+                shows = (pool.colour == c).any(1) & (pool.shape >= 0).any(1)
+                if not shows.any() or shows.all():
+                    continue
+                tok = bb.tokenize([f"a {colour} ball rising"])
+                word = F.normalize(bb.encode_text(tok).tokens[0, 2], dim=-1)  # the output at the colour word
+                sim = img @ word
+                gap.append(float(sim[torch.from_numpy(shows)].mean() - sim[torch.from_numpy(~shows)].mean()))
+        gaps[name] = float(np.mean(gap))
+    assert gaps["on"] > gaps["off"] + 0.05, gaps
 
 
 def test_augment_shifts_the_frame_by_at_most_pretrain_shift_of_its_side():

@@ -10,7 +10,7 @@ TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 export HF_HUB_OFFLINE ?= 1
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: setup test bench table6 paper rehearse check bless bless-paper tune world mlflow-ui optuna-dashboard slurm-up slurm-down clean-results
+.PHONY: setup test bench table6 table6-worlds paper rehearse check bless bless-paper tune world mlflow-ui optuna-dashboard slurm-up slurm-down clean-results
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,18 @@ world: setup
 # LAMBDA_FROM=<study name | study dir | best.json>: the fused cells also at the study's λ (from cached scores)
 table6: setup
 	$(BIN)/bikebench table6 --scale $(SCALE) --executor $(EXECUTOR) --parallelism $(PARALLELISM) $(if $(LAMBDA_FROM),--lambda-from $(LAMBDA_FROM))
+
+# Table 6 on the worlds of WORLD_SEEDS (issue #15's miniature check: does a change keep the paper's ablation
+# directions on every world?): seed 0 in results/, seed N in results/world-seed<N>/ (a results directory holds
+# one world); each seed's "Ablation directions" line, then the total. ~10 min a seed on 2 cores.
+WORLD_SEEDS ?= 0 1 2
+table6-worlds: setup
+	@set -e; for s in $(WORLD_SEEDS); do r=results; [ "$$s" = 0 ] || r=results/world-seed$$s; \
+		$(BIN)/bikebench table6 --world-seed $$s --results $$r --scale smoke --executor $(EXECUTOR) --parallelism $(PARALLELISM) $(ARGS); done; \
+	n=0; m=0; for s in $(WORLD_SEEDS); do r=results; [ "$$s" = 0 ] || r=results/world-seed$$s; \
+		line=$$(grep -h "^## Ablation directions" $$r/table6.md | sed 's/^## //'); echo "world seed $$s: $$line"; \
+		set -- $$(echo "$$line" | sed 's/[^0-9 ]//g'); n=$$((n + $$1)); m=$$((m + $$2)); done; \
+	echo "all worlds: $$n of $$m ablation directions reproduced"
 
 # every table of the paper (1-6, A.3, the text's numbers, the zoo): results/paper.md, results/paper.html
 paper: setup

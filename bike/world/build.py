@@ -233,7 +233,8 @@ def _refuse_other_world(root: Path, size: str, seed: int, settings: Optional[dic
         f"{root / MANIFEST}: {root} holds the {m.get('size')!r} world of seed {m.get('seed')} (config "
         f"{m.get('config_hash')}); this command asks for the {size!r} world of seed {seed}. Use that world "
         f"(--world-size {m.get('size')} --world-seed {m.get('seed')}, or no --world-seed), point at another "
-        f"directory (--world-root), or replace it with `bikebench world build --force --root {root} "
+        f"directory (--results DIR, whose world is DIR/world: a results directory holds the runs and tables of "
+        f"one world; or --world-root), or replace it with `bikebench world build --force --root {root} "
         f"--size {size} --seed {seed}`; nothing was deleted"
     )
 

@@ -1,0 +1,75 @@
+"""Makefile targets that do more than call one command, run for real against a stand-in `bikebench`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+# A stand-in for the installed CLI: records its arguments and writes the table6.md a real run ends with.
+FAKE_BIKEBENCH = """#!/bin/bash
+echo "$@" >> "$FAKE_LOG"
+seed=0; results=results
+while [ $# -gt 0 ]; do
+  case "$1" in --world-seed) seed=$2; shift;; --results) results=$2; shift;; esac; shift
+done
+mkdir -p "$results"
+printf '# Table 6\\n\\n## Ablation directions: %d of 46 reproduced (x %%)\\n\\nMissed:\\n' $((30 + seed)) > "$results/table6.md"
+"""
+
+
+def test_table6_worlds_runs_each_seed_in_its_own_results_directory_and_totals_the_directions(tmp_path):
+    work = tmp_path / "repo"
+    work.mkdir()
+    shutil.copy(REPO / "Makefile", work / "Makefile")
+    (work / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    venv = work / ".venv"
+    (venv / "bin").mkdir(parents=True)
+    for name, body in (("python", "#!/bin/bash\nexit 0\n"), ("bikebench", FAKE_BIKEBENCH)):
+        (venv / "bin" / name).write_text(body)
+        (venv / "bin" / name).chmod(0o755)
+    time.sleep(0.01)
+    (venv / ".installed").touch()  # newer than pyproject.toml: `setup` has nothing to do
+    log = tmp_path / "calls.txt"
+    out = subprocess.run(["make", "-s", "table6-worlds", "WORLD_SEEDS=0 2 5", "ARGS=--no-track model.frames=4"],
+                         cwd=work, env={**os.environ, "FAKE_LOG": str(log)}, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    calls = log.read_text().splitlines()
+    assert len(calls) == 3
+    for call, seed, results in zip(calls, (0, 2, 5), ("results", "results/world-seed2", "results/world-seed5")):
+        args = call.split()
+        assert args[0] == "table6"
+        assert args[args.index("--world-seed") + 1] == str(seed)
+        assert args[args.index("--results") + 1] == results
+        assert args[-2:] == ["--no-track", "model.frames=4"]
+    lines = out.stdout.strip().splitlines()
+    assert lines == [
+        "world seed 0: Ablation directions: 30 of 46 reproduced (x %)",
+        "world seed 2: Ablation directions: 32 of 46 reproduced (x %)",
+        "world seed 5: Ablation directions: 35 of 46 reproduced (x %)",
+        "all worlds: 97 of 138 ablation directions reproduced",
+    ]
+
+
+def test_table6_worlds_stops_at_the_first_failing_seed(tmp_path):
+    work = tmp_path / "repo"
+    (work / ".venv" / "bin").mkdir(parents=True)
+    shutil.copy(REPO / "Makefile", work / "Makefile")
+    (work / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    (work / ".venv" / "bin" / "python").write_text("#!/bin/bash\nexit 0\n")
+    (work / ".venv" / "bin" / "bikebench").write_text('#!/bin/bash\necho "$@" >> "$FAKE_LOG"\nexit 3\n')
+    for name in ("python", "bikebench"):
+        (work / ".venv" / "bin" / name).chmod(0o755)
+    time.sleep(0.01)
+    (work / ".venv" / ".installed").touch()
+    log = tmp_path / "calls.txt"
+    out = subprocess.run(["make", "-s", "table6-worlds", "WORLD_SEEDS=0 1"], cwd=work,
+                         env={**os.environ, "FAKE_LOG": str(log)}, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert len(log.read_text().splitlines()) == 1
+    assert "all worlds" not in out.stdout

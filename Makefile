@@ -107,8 +107,9 @@ slurm-up:
 slurm-down:
 	bash scripts/slurm_down.sh
 
-# everything the commands wrote under results/ except the world (minutes to rebuild) and the committed files
+# everything the commands wrote under results/ (and under the results/world-seed<N>/ of `make table6-worlds`)
+# except the worlds (minutes to rebuild) and the committed files
 clean-results:
-	rm -rf results/runs results/cache results/studies results/submitit results/mlflow.db results/mlartifacts \
-		results/mlruns results/table6.md results/table6_*.json results/seeds \
-		results/table*.md results/table*.tex results/table*.html results/table*_results*.json results/table*_missing.json results/paper.md results/paper.html results/paper_results.json
+	@for d in results results/world-seed*; do [ -d "$$d" ] || continue; echo "cleaning $$d"; \
+		( cd "$$d" && rm -rf runs cache studies submitit figures mlflow.db mlartifacts mlruns seeds \
+			table6_*.json table*.md table*.tex table*.html table*_results*.json table*_missing.json paper.md paper.html paper_results.json ); done

@@ -73,3 +73,20 @@ def test_table6_worlds_stops_at_the_first_failing_seed(tmp_path):
     assert out.returncode != 0
     assert len(log.read_text().splitlines()) == 1
     assert "all worlds" not in out.stdout
+
+
+def test_clean_results_cleans_every_results_directory_but_keeps_the_worlds_and_committed_files(tmp_path):
+    shutil.copy(REPO / "Makefile", tmp_path / "Makefile")
+    made = ["README.md", "baselines/table6_smoke.json", "world/manifest.json", "runs/abc/result.json",
+            "cache/attributes/k.json", "figures/table6/6a.png", "mlflow.db", "table6.md", "table6_results.json",
+            "table6_results_smoke.json", "table6_lambda.json", "table6.html", "paper.md", "paper_results.json"]
+    for root in ("results", "results/world-seed1"):
+        for name in made:
+            (tmp_path / root / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / root / name).write_text("x")
+    out = subprocess.run(["make", "-s", "clean-results"], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    for root in ("results", "results/world-seed1"):
+        left = sorted(str(p.relative_to(tmp_path / root)) for p in (tmp_path / root).rglob("*") if p.is_file())
+        kept = ["README.md", "baselines/table6_smoke.json", "world/manifest.json"]
+        assert [p for p in left if not p.startswith("world-seed1")] == kept

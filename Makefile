@@ -43,10 +43,11 @@ table6: setup
 # one world); each seed's "Ablation directions" line, then the total. ~10 min a seed on 2 cores.
 WORLD_SEEDS ?= 0 1 2
 table6-worlds: setup
-	@set -e; for s in $(WORLD_SEEDS); do r=results; [ "$$s" = 0 ] || r=results/world-seed$$s; \
-		$(BIN)/bikebench table6 --world-seed $$s --results $$r --scale smoke --executor $(EXECUTOR) --parallelism $(PARALLELISM) $(ARGS); done; \
-	n=0; m=0; for s in $(WORLD_SEEDS); do r=results; [ "$$s" = 0 ] || r=results/world-seed$$s; \
-		line=$$(grep -h "^## Ablation directions" $$r/table6.md | sed 's/^## //'); echo "world seed $$s: $$line"; \
+	@set -e; dir() { if [ "$$1" = 0 ]; then echo results; else echo results/world-seed$$1; fi; }; \
+	for s in $(WORLD_SEEDS); do \
+		$(BIN)/bikebench table6 --world-seed $$s --results $$(dir $$s) --scale smoke --executor $(EXECUTOR) --parallelism $(PARALLELISM) $(ARGS); done; \
+	n=0; m=0; for s in $(WORLD_SEEDS); do \
+		line=$$(grep -h "^## Ablation directions" $$(dir $$s)/table6.md | sed 's/^## //'); echo "world seed $$s: $$line"; \
 		set -- $$(echo "$$line" | sed 's/[^0-9 ]//g'); n=$$((n + $$1)); m=$$((m + $$2)); done; \
 	echo "all worlds: $$n of $$m ablation directions reproduced"
 

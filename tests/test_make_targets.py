@@ -23,18 +23,22 @@ printf '# Table 6\\n\\n## Ablation directions: %d of 46 reproduced (x %%)\\n\\nM
 """
 
 
-def test_table6_worlds_runs_each_seed_in_its_own_results_directory_and_totals_the_directions(tmp_path):
+def _checkout(tmp_path: Path, bikebench: str) -> Path:
+    """A copy of the Makefile beside an installed-looking venv whose `bikebench` is ``bikebench``."""
     work = tmp_path / "repo"
-    work.mkdir()
+    (work / ".venv" / "bin").mkdir(parents=True)
     shutil.copy(REPO / "Makefile", work / "Makefile")
     (work / "pyproject.toml").write_text("[project]\nname = 'x'\n")
-    venv = work / ".venv"
-    (venv / "bin").mkdir(parents=True)
-    for name, body in (("python", "#!/bin/bash\nexit 0\n"), ("bikebench", FAKE_BIKEBENCH)):
-        (venv / "bin" / name).write_text(body)
-        (venv / "bin" / name).chmod(0o755)
+    for name, body in (("python", "#!/bin/bash\nexit 0\n"), ("bikebench", bikebench)):
+        (work / ".venv" / "bin" / name).write_text(body)
+        (work / ".venv" / "bin" / name).chmod(0o755)
     time.sleep(0.01)
-    (venv / ".installed").touch()  # newer than pyproject.toml: `setup` has nothing to do
+    (work / ".venv" / ".installed").touch()  # newer than pyproject.toml: `setup` has nothing to do
+    return work
+
+
+def test_table6_worlds_runs_each_seed_in_its_own_results_directory_and_totals_the_directions(tmp_path):
+    work = _checkout(tmp_path, FAKE_BIKEBENCH)
     log = tmp_path / "calls.txt"
     out = subprocess.run(["make", "-s", "table6-worlds", "WORLD_SEEDS=0 2 5", "ARGS=--no-track model.frames=4"],
                          cwd=work, env={**os.environ, "FAKE_LOG": str(log)}, capture_output=True, text=True)
@@ -57,16 +61,7 @@ def test_table6_worlds_runs_each_seed_in_its_own_results_directory_and_totals_th
 
 
 def test_table6_worlds_stops_at_the_first_failing_seed(tmp_path):
-    work = tmp_path / "repo"
-    (work / ".venv" / "bin").mkdir(parents=True)
-    shutil.copy(REPO / "Makefile", work / "Makefile")
-    (work / "pyproject.toml").write_text("[project]\nname = 'x'\n")
-    (work / ".venv" / "bin" / "python").write_text("#!/bin/bash\nexit 0\n")
-    (work / ".venv" / "bin" / "bikebench").write_text('#!/bin/bash\necho "$@" >> "$FAKE_LOG"\nexit 3\n')
-    for name in ("python", "bikebench"):
-        (work / ".venv" / "bin" / name).chmod(0o755)
-    time.sleep(0.01)
-    (work / ".venv" / ".installed").touch()
+    work = _checkout(tmp_path, '#!/bin/bash\necho "$@" >> "$FAKE_LOG"\nexit 3\n')
     log = tmp_path / "calls.txt"
     out = subprocess.run(["make", "-s", "table6-worlds", "WORLD_SEEDS=0 1"], cwd=work,
                          env={**os.environ, "FAKE_LOG": str(log)}, capture_output=True, text=True)

@@ -72,6 +72,22 @@ def phrase_parts(
     }[pattern]
 
 
+def _pick_object(pool: SnapshotPool, i: int, present: list[int], rng: np.random.Generator) -> tuple[int, int, int]:
+    """(shape, colour, motion) of the object a caption of frame ``i`` describes: the main one with
+    probability ``MAIN_P`` when a distractor is present too (``present``: the frame's object slots)."""
+    j = present[0] if len(present) == 1 or rng.random() < MAIN_P else present[1]
+    return int(pool.shape[i, j]), int(pool.colour[i, j]), int(pool.motion[i, j])
+
+
+def _spec(named: str, shape: int, colour: int, motion: int) -> CaptionSpec:
+    """The spec of a caption whose words name the attributes in ``named`` (``c``, ``s``, ``m``)."""
+    return CaptionSpec(
+        shape=shape if "s" in named else -1,
+        colour=colour if "c" in named else -1,
+        motion=motion if "m" in named else -1,
+    )
+
+
 def sample_captions(
     pool: SnapshotPool, idx: np.ndarray, rng: np.random.Generator, list_p: float = 0.0
 ) -> tuple[list[str], list[CaptionSpec]]:
@@ -93,8 +109,7 @@ def sample_captions(
                 EMPTY_WORDS[int(rng.integers(len(EMPTY_WORDS)))]))
             specs.append(CaptionSpec(empty=True))
             continue
-        j = present[0] if len(present) == 1 or rng.random() < MAIN_P else present[1]
-        s_i, c_i, m_i = int(pool.shape[i, j]), int(pool.colour[i, j]), int(pool.motion[i, j])
+        s_i, c_i, m_i = _pick_object(pool, i, present, rng)
         if list_p and rng.random() < list_p:
             chosen = [names[int(i)] for i in rng.choice(len(names), size=int(rng.integers(2, 5)), replace=False, p=probs)]
             words = ",".join(phrase(p, vocab.colours[c_i], vocab.shapes[s_i], vocab.motions[m_i], rng) for p in chosen)
@@ -103,11 +118,7 @@ def sample_captions(
             pattern = names[int(rng.choice(len(names), p=probs))]
             words = phrase(pattern, vocab.colours[c_i], vocab.shapes[s_i], vocab.motions[m_i], rng)
         texts.append(CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))].format(words))
-        specs.append(CaptionSpec(
-            shape=s_i if "s" in pattern else -1,
-            colour=c_i if "c" in pattern else -1,
-            motion=m_i if "m" in pattern else -1,
-        ))
+        specs.append(_spec(pattern, s_i, c_i, m_i))
     return texts, specs
 
 
@@ -130,19 +141,14 @@ def prefix_captions(
     with_object = [int(i) for i in idx if (pool.shape[i] >= 0).any()]
     for i in rng.permutation(with_object)[:count] if with_object else []:
         present = [j for j in (MAIN, DISTRACTOR) if pool.shape[i, j] >= 0]
-        j = present[0] if len(present) == 1 or rng.random() < MAIN_P else present[1]
-        s_i, c_i, m_i = int(pool.shape[i, j]), int(pool.colour[i, j]), int(pool.motion[i, j])
+        s_i, c_i, m_i = _pick_object(pool, i, present, rng)
         pattern = names[int(rng.choice(len(names), p=probs))]
         parts = phrase_parts(pattern, vocab.colours[c_i], vocab.shapes[s_i], vocab.motions[m_i], rng)
         parts = parts[: int(rng.integers(1, len(parts) + 1))]
         named = "".join(a for a, _ in parts)
         template = CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))].split("{}")[0]
         text = template + " ".join(w for _, w in parts)
-        seen.setdefault(text, CaptionSpec(
-            shape=s_i if "s" in named else -1,
-            colour=c_i if "c" in named else -1,
-            motion=m_i if "m" in named else -1,
-        ))
+        seen.setdefault(text, _spec(named, s_i, c_i, m_i))
     return list(seen), list(seen.values())
 
 

@@ -88,6 +88,23 @@ ATTRIBUTE_GENERATOR = "ViT-L-14"
 #: Frames per video of the paper's default recipe (``ModelConfig.frames``; the world renders this many).
 DEFAULT_FRAMES = 8
 
+#: The short side the released code resizes 224-px input to (``scale_size`` in its ``test.py`` and
+#: ``utils/Augmentation.py``); every other input size is resized to itself.
+SHORT_SIDE_224 = 256
+
+
+def released_short_side(resolution: int) -> int:
+    """The released code's resize before cropping, train and test alike: ``256 if input_size == 224 else
+    input_size``. The paper gives no sizes, so both profiles follow it. A 336-px model is resized to 336 and
+    the world's 64-px CLIP to 64: on its square frames the three test crops are then the whole frame."""
+    return SHORT_SIDE_224 if resolution == 224 else resolution
+
+
+def _extrapolated_short_side(resolution: int) -> int:
+    """The rule bikebench used before it followed the released code (256/224 for every size below 336):
+    kept only so that the runs it changed get a new identity (:meth:`RunConfig.content_hash`)."""
+    return 336 if resolution >= 336 else max(resolution * 8 // 7, resolution)
+
 
 def profile_default(section: str, key: str, profile: Profile = "official") -> Any:
     """The default of a profile-dependent switch (:data:`PROFILE_DEFAULTS`) for ``profile``."""
@@ -243,7 +260,10 @@ class TrainConfig(_Strict):
     precision: Literal["fp32", "bf16", "fp16"] = Field(profile_default("train", "precision"), description=(
         "Mixed precision on CUDA (CPU runs fp32): official fp16 autocast with a GradScaler (the released "
         "`--precision amp`), paper bf16 (the text says only 'mixed precision')."))
-    short_side: Optional[int] = Field(None, description="null: 256 (336 for 336-px models).")
+    short_side: Optional[int] = Field(None, description=(
+        "Short side the frames are resized to before cropping (train and test). null: the released code's "
+        "rule, 256 for 224-px models and the model's own resolution for every other size (336 for 336-px "
+        "models, 64 for the world's CLIP)."))
     crop_area: tuple[float, float] = (0.08, 1.0)
     crop_aspect: tuple[float, float] = (3 / 4, 4 / 3)
     flip_p: float = 0.5
@@ -399,7 +419,7 @@ class RunConfig(_Strict):
     def short_side(self) -> int:
         if self.train.short_side is not None:
             return self.train.short_side
-        return 336 if self.model.resolution >= 336 else max(self.model.resolution * 8 // 7, self.model.resolution)
+        return released_short_side(self.model.resolution)
 
     @property
     def logit_scale_init(self) -> float:
@@ -408,8 +428,16 @@ class RunConfig(_Strict):
     def content_hash(self, length: int = 12) -> str:
         """Hash of the resolved content (sorted JSON). The run's identity; `name` is excluded, and so is
         every field that is null (unset optional fields), so that adding an optional field to the schema
-        leaves the identity of existing runs unchanged."""
+        leaves the identity of existing runs unchanged.
+
+        A default that is derived from other fields enters the hash with its value where its rule once
+        gave another one, so that exactly the runs whose behaviour changed get a new identity (and a
+        results directory never resumes their old numbers): ``train.short_side`` where the released rule
+        differs from the 256/224 extrapolation bikebench used before (every resolution but 224 and 336);
+        there, an explicit ``train.short_side`` of the same value is the same run."""
         payload = _without_nulls(self.model_dump(mode="json", exclude={"name"}))
+        if self.train.short_side is None and self.short_side != _extrapolated_short_side(self.model.resolution):
+            payload.setdefault("train", {})["short_side"] = self.short_side
         blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:length]
 

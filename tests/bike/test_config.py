@@ -33,6 +33,41 @@ def test_lambda_defaults_follow_backbone():
     assert RunConfig.model_validate({"profile": "paper", "fusion": {"lam": 0.45}}).fusion_lambda == 0.45
 
 
+def test_short_side_follows_the_released_rescale_rule_for_every_resolution():
+    # the released test.py and utils/Augmentation.py:
+    #     scale_size = 256 if config.data.input_size == 224 else config.data.input_size
+    def released(input_size):
+        return 256 if input_size == 224 else input_size
+
+    for profile in ("official", "paper"):  # the paper gives no sizes: both follow the code
+        for resolution in (224, 336, 64, 32, 448):
+            cfg = RunConfig.model_validate({"profile": profile, "model": {"resolution": resolution}})
+            assert cfg.short_side == released(resolution), (profile, resolution)
+    # an explicit value always wins, and is what the resolved config records
+    cfg = RunConfig.model_validate({"model": {"resolution": 64}, "train": {"short_side": 73}})
+    assert cfg.short_side == 73
+
+def test_runs_whose_resize_changed_get_a_new_identity_and_the_others_keep_theirs():
+    import hashlib
+    import json
+
+    def identity_before(cfg):  # the identity before the resize followed the released rule
+        def drop_nulls(v):
+            if isinstance(v, dict):
+                return {k: drop_nulls(x) for k, x in v.items() if x is not None}
+            return [drop_nulls(x) for x in v] if isinstance(v, list) else v
+        blob = json.dumps(drop_nulls(cfg.model_dump(mode="json", exclude={"name"})), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    for resolution in (224, 336):  # resized as before: a finished run there is still the same run
+        cfg = RunConfig.model_validate({"model": {"resolution": resolution}})
+        assert cfg.content_hash() == identity_before(cfg)
+    for resolution in (64, 32):  # resized to 73 / 36 before, to 64 / 32 now: never resumed from old numbers
+        cfg = RunConfig.model_validate({"model": {"resolution": resolution}})
+        explicit = RunConfig.model_validate({"model": {"resolution": resolution}, "train": {"short_side": resolution}})
+        assert cfg.content_hash() != identity_before(cfg)
+        assert cfg.content_hash() == explicit.content_hash()  # the same behaviour, the same run
+
 def test_content_hash_ignores_name_and_tracks_content():
     a = RunConfig(name="a")
     b = RunConfig(name="b")

@@ -109,6 +109,7 @@ HASHED_WHEN_ON: dict[str, tuple[str, object]] = {
     "trail_p": ("trail_p", 1.0),
     "pretrain_shift": ("pretrain_shift", 0.03),
     "width": ("width", 0),
+    "pretrain_logit_scale": ("pretrain_logit_scale", 0.0),
 }
 
 
@@ -180,6 +181,9 @@ class WorldConfig:
     pretrain_prefix_captions: int = 16
     #: share of object captions that list 2-4 phrases about the object, comma-joined (0: off)
     pretrain_list_p: float = 0.0
+    #: the logit scale the CLIP's pretraining starts from (learnable, clamped at 100 as CLIP's is; 0:
+    #: open_clip's initial 1/0.07, which a short pretraining leaves near 18)
+    pretrain_logit_scale: float = 0.0
     #: the world lexicon also names the facets of an action (``ball rising``, ``red shape``, ``ball``)
     lexicon_facets: bool = True
     # what a BIKE run on this world uses
@@ -218,6 +222,9 @@ class WorldConfig:
         for name in ("pretrain_negative_captions", "pretrain_tail_every", "pretrain_prefix_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"WorldConfig.{name}: got {getattr(self, name)}; expected 0 (off) or more")
+        if self.pretrain_logit_scale and not 1.0 <= self.pretrain_logit_scale <= 100.0:
+            raise ValueError(f"WorldConfig.pretrain_logit_scale: got {self.pretrain_logit_scale}; expected 0 (open_clip's "
+                             "initial 1/0.07) or a scale from 1 to 100 (CLIP's clamp)")
         if not 0.0 <= self.pretrain_shift <= 0.5:
             raise ValueError(f"WorldConfig.pretrain_shift: got {self.pretrain_shift}; expected a share of the frame in [0, 0.5]")
         if not 0.0 <= self.trail_p <= 1.0:

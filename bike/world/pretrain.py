@@ -220,6 +220,9 @@ def pretrain_clip(
         pool_seconds = time.perf_counter() - t0
         say(f"pretraining pool: {len(pool)} frames in {pool_seconds:.1f}s")
         model = create_model(cfg.model)
+        if cfg.pretrain_logit_scale:
+            with torch.no_grad():
+                model.logit_scale.fill_(math.log(cfg.pretrain_logit_scale))
         return _train(model, pool, cfg, seed, say, pool_seconds)
     finally:
         torch.set_num_threads(threads)

@@ -136,6 +136,24 @@ def test_negative_captions_and_tail_grounding_train_what_plain_pretraining_leave
     assert F.cosine_similarity(tail(on), tail(init), dim=1).min() < 1 - 1e-3
 
 
+def test_pretrain_logit_scale_starts_the_pretraining_at_that_scale_and_the_clamp_holds_it_there():
+    """``WorldConfig.pretrain_logit_scale``: off, the scale starts at open_clip's 1/0.07 (ln 14.3) and moves
+    little in a few steps; at 100 it starts at CLIP's clamp, and the loss never sees more than 100."""
+    import math
+    from dataclasses import replace
+
+    off_cfg = world_config("test", pretrain_steps=6, pretrain_frames=64, pretrain_batch=32)
+    seen, _ = split_compositions(off_cfg, 0)
+    off, _ = pretrain_clip(off_cfg, 0, seen)
+    on, _ = pretrain_clip(replace(off_cfg, pretrain_logit_scale=100.0), 0, seen)
+    assert abs(float(off.logit_scale) - math.log(1 / 0.07)) < 0.05
+    assert abs(min(float(on.logit_scale), math.log(100.0)) - math.log(100.0)) < 0.05
+    with pytest.raises(ValueError, match="pretrain_logit_scale"):
+        world_config("test", pretrain_logit_scale=0.5)
+    with pytest.raises(ValueError, match="pretrain_logit_scale"):
+        world_config("test", pretrain_logit_scale=200.0)
+
+
 def test_text_to_frames_loss_is_the_text_half_of_the_multi_positive_loss():
     """Written from its definition: for each caption, minus the mean log-softmax over the batch's frames
     of the frames it is true of."""

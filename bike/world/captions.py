@@ -30,6 +30,16 @@ PATTERNS: dict[str, float] = {"csm": 0.5, "cs": 0.2, "sm": 0.15, "cm": 0.1, "s":
 MAIN_P = 0.8
 #: Templates for empty frames (no article before the phrase).
 EMPTY_TEMPLATES: tuple[str, ...] = ("{}", "a photo of {}", "This is a video about {}", "a video of {}")
+#: The bare template: a caption that is the phrase alone.
+BARE = "{}"
+
+
+def templates(bare: bool = True) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(object caption templates, empty-frame templates); ``bare=False`` leaves out the bare ``{}``
+    (``WorldConfig.pretrain_bare_captions``: web captions are rarely a phrase alone)."""
+    if bare:
+        return CAPTION_TEMPLATES, EMPTY_TEMPLATES
+    return tuple(t for t in CAPTION_TEMPLATES if t != BARE), tuple(t for t in EMPTY_TEMPLATES if t != BARE)
 
 
 @dataclass(frozen=True)
@@ -89,14 +99,15 @@ def _spec(named: str, shape: int, colour: int, motion: int) -> CaptionSpec:
 
 
 def sample_captions(
-    pool: SnapshotPool, idx: np.ndarray, rng: np.random.Generator, list_p: float = 0.0
+    pool: SnapshotPool, idx: np.ndarray, rng: np.random.Generator, list_p: float = 0.0, bare: bool = True
 ) -> tuple[list[str], list[CaptionSpec]]:
     """One random caption (text and spec) for each frame ``idx`` of the pool.
 
     ``list_p``: the share of object captions that list 2-4 phrases about the object, comma-joined as in
     an attribute sentence (``a video of a red ball,ball rising,red ball rising``); the caption names the
-    union of what its phrases name.
+    union of what its phrases name. ``bare``: the bare template ``{}`` is one of the templates.
     """
+    object_templates, empty_templates = templates(bare)
     vocab = pool.vocab
     names = list(PATTERNS)
     probs = np.array(list(PATTERNS.values()))
@@ -105,7 +116,7 @@ def sample_captions(
     for i in idx:
         present = [j for j in (MAIN, DISTRACTOR) if pool.shape[i, j] >= 0]
         if not present:
-            texts.append(EMPTY_TEMPLATES[int(rng.integers(len(EMPTY_TEMPLATES)))].format(
+            texts.append(empty_templates[int(rng.integers(len(empty_templates)))].format(
                 EMPTY_WORDS[int(rng.integers(len(EMPTY_WORDS)))]))
             specs.append(CaptionSpec(empty=True))
             continue
@@ -117,13 +128,13 @@ def sample_captions(
         else:
             pattern = names[int(rng.choice(len(names), p=probs))]
             words = phrase(pattern, vocab.colours[c_i], vocab.shapes[s_i], vocab.motions[m_i], rng)
-        texts.append(CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))].format(words))
+        texts.append(object_templates[int(rng.integers(len(object_templates)))].format(words))
         specs.append(_spec(pattern, s_i, c_i, m_i))
     return texts, specs
 
 
 def prefix_captions(
-    pool: SnapshotPool, idx: np.ndarray, rng: np.random.Generator, count: int
+    pool: SnapshotPool, idx: np.ndarray, rng: np.random.Generator, count: int, bare: bool = True
 ) -> tuple[list[str], list[CaptionSpec]]:
     """Up to ``count`` distinct caption prefixes (text and spec) of frames ``idx`` that show an object.
 
@@ -134,6 +145,7 @@ def prefix_captions(
     caption so far, as the outputs at the word positions of a web-scale CLIP are (its captions come in
     every length, and a prefix of one is another).
     """
+    object_templates, _ = templates(bare)
     vocab = pool.vocab
     names = list(PATTERNS)
     probs = np.array(list(PATTERNS.values()))
@@ -146,7 +158,7 @@ def prefix_captions(
         parts = phrase_parts(pattern, vocab.colours[c_i], vocab.shapes[s_i], vocab.motions[m_i], rng)
         parts = parts[: int(rng.integers(1, len(parts) + 1))]
         named = "".join(a for a, _ in parts)
-        template = CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))].split("{}")[0]
+        template = object_templates[int(rng.integers(len(object_templates)))].split("{}")[0]
         text = template + " ".join(w for _, w in parts)
         seen.setdefault(text, _spec(named, s_i, c_i, m_i))
     return list(seen), list(seen.values())
@@ -182,13 +194,14 @@ def vocabulary_phrases(vocab: Vocabulary, negatives: bool = False, lists: bool =
     return words + list(EMPTY_WORDS) + [t.format("") for t in CAPTION_TEMPLATES + EMPTY_TEMPLATES]
 
 
-def negative_captions(count: int, taken: set[str], rng: np.random.Generator) -> list[str]:
+def negative_captions(count: int, taken: set[str], rng: np.random.Generator, bare: bool = True) -> list[str]:
     """Up to ``count`` distinct captions of things no frame of the world shows (``UNRELATED_PHRASES``),
     none of them in ``taken``: negatives of every frame, as a web-scale CLIP sees captions of things
     absent from a given image."""
+    object_templates, _ = templates(bare)
     out: list[str] = []
     for i in rng.permutation(len(UNRELATED_PHRASES))[:count]:
-        text = CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))].format(UNRELATED_PHRASES[int(i)])
+        text = object_templates[int(rng.integers(len(object_templates)))].format(UNRELATED_PHRASES[int(i)])
         if text not in taken:
             out.append(text)
     return out

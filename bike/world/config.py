@@ -110,6 +110,7 @@ HASHED_WHEN_ON: dict[str, tuple[str, object]] = {
     "pretrain_shift": ("pretrain_shift", 0.03),
     "width": ("width", 0),
     "pretrain_logit_scale": ("pretrain_logit_scale", 0.0),
+    "pretrain_bare_captions": ("pretrain_bare_captions", True),
 }
 
 
@@ -184,6 +185,9 @@ class WorldConfig:
     #: the logit scale the CLIP's pretraining starts from (learnable, clamped at 100 as CLIP's is; 0:
     #: open_clip's initial 1/0.07, which a short pretraining leaves near 18)
     pretrain_logit_scale: float = 0.0
+    #: the bare template ``{}`` (a caption that is the phrase alone) is one of the pretraining's templates;
+    #: false: every caption is a sentence, as web captions mostly are, so a bare phrase is a stranger
+    pretrain_bare_captions: bool = True
     #: the world lexicon also names the facets of an action (``ball rising``, ``red shape``, ``ball``)
     lexicon_facets: bool = True
     # what a BIKE run on this world uses

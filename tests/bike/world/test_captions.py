@@ -1,6 +1,7 @@
 import numpy as np
 
 from bike.world.captions import (
+    EMPTY_TEMPLATES,
     CaptionSpec,
     negative_captions,
     phrase,
@@ -118,3 +119,26 @@ def test_caption_prefixes_end_at_an_attribute_and_name_what_their_words_name():
     cut_after = {("c" if s.colour >= 0 else "") + ("s" if s.shape >= 0 else "") + ("m" if s.motion >= 0 else "") for s in specs}
     assert {"c", "cs", "csm", "s", "sm", "cm"} <= cut_after
     assert any(t.endswith(" red") or t == "red" for t in texts)
+
+
+def test_without_bare_captions_every_caption_is_a_sentence_around_its_phrase():
+    """``WorldConfig.pretrain_bare_captions=False``: no caption (object, empty, prefix or negative) is the
+    phrase alone; with the default, the bare template is drawn like any other."""
+    pool, _ = _pool()
+    idx = np.tile(np.arange(3), 60)
+
+    stems = [t.split("{}")[0] for t in CAPTION_TEMPLATES + EMPTY_TEMPLATES if t != "{}"]
+
+    def is_bare(text: str) -> bool:  # no template's words before the phrase
+        return not any(text.startswith(stem) for stem in stems)
+
+    with_bare, _ = sample_captions(pool, idx, np.random.default_rng(0))
+    without, specs = sample_captions(pool, idx, np.random.default_rng(0), bare=False)
+    assert any(is_bare(t) for t in with_bare)
+    assert not any(is_bare(t) for t in without)
+    assert np.diag(truth_matrix(pool, idx, specs)).all()
+    rng = np.random.default_rng(1)
+    negatives = [t for _ in range(30) for t in negative_captions(5, set(), rng, bare=False)]
+    assert negatives and not any(is_bare(t) for t in negatives)
+    prefixes = [t for _ in range(30) for t in prefix_captions(pool, idx, rng, 4, bare=False)[0]]
+    assert prefixes and not any(is_bare(t) for t in prefixes)

@@ -250,6 +250,7 @@ def _train(
     rng = np.random.default_rng([seed, STREAM_PRETRAIN_STEPS])
     gen = torch.Generator().manual_seed(seed)
     batch = min(cfg.pretrain_batch, len(pool))
+    bare = cfg.pretrain_bare_captions
     model.train()
     losses: list[float] = []
     t0 = time.perf_counter()
@@ -257,14 +258,14 @@ def _train(
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg.pretrain_steps, cfg.pretrain_warmup, cfg.pretrain_lr)
         idx = rng.choice(len(pool), size=batch, replace=False)
-        texts, specs = sample_captions(pool, idx, rng, cfg.pretrain_list_p, bare=cfg.pretrain_bare_captions)
+        texts, specs = sample_captions(pool, idx, rng, cfg.pretrain_list_p, bare=bare)
         first: dict[str, int] = {}
         for u, t in enumerate(texts):
             first.setdefault(t, u)
         uniq = list(first)
         truth = torch.from_numpy(truth_matrix(pool, idx, [specs[first[t]] for t in uniq]))
         if cfg.pretrain_negative_captions:
-            negatives = negative_captions(cfg.pretrain_negative_captions, set(uniq), rng, bare=cfg.pretrain_bare_captions)
+            negatives = negative_captions(cfg.pretrain_negative_captions, set(uniq), rng, bare=bare)
             uniq += negatives
             truth = torch.cat([truth, torch.zeros(len(idx), len(negatives), dtype=torch.bool)], dim=1)
         x = augment(preprocess(frames[idx], mean, std, frames.shape[1]), gen, size, cfg.pretrain_shift)
@@ -283,7 +284,7 @@ def _train(
         if cfg.pretrain_prefix_every and step % cfg.pretrain_prefix_every == 0:
             # ground the word positions: caption prefixes read at their last word, as queries over the
             # batch's frames (text -> frames only: each frame keeps the targets of its own captions)
-            prefixes, prefix_specs = prefix_captions(pool, idx, rng, cfg.pretrain_prefix_captions, bare=cfg.pretrain_bare_captions)
+            prefixes, prefix_specs = prefix_captions(pool, idx, rng, cfg.pretrain_prefix_captions, bare=bare)
             if prefixes:
                 ptok = tokens(prefixes)
                 ptxt = text(ptok, pool_at=ptok.argmax(dim=-1) - 1)

@@ -206,8 +206,8 @@ def test_pretraining_options_switched_off_leave_the_world_identity_unchanged():
     from bike.world.config import FIRST_DESIGN
 
     later = {"pretrain_negative_captions", "pretrain_tail_every", "pretrain_tail_captions", "pretrain_list_p",
-             "lexicon_facets", "trail_p", "pretrain_shift", "width", "pretrain_prefix_every", "pretrain_prefix_captions", "pretrain_logit_scale",
-             "pretrain_bare_captions"}
+             "lexicon_facets", "trail_p", "pretrain_shift", "width", "pretrain_prefix_every", "pretrain_prefix_captions",
+             "pretrain_logit_scale", "pretrain_bare_captions"}
     for size in ("default", "test"):
         first = dict(FIRST_DESIGN, pretrain_list_p=0.0, trail_p=1.0, pretrain_shift=0.03, width=0, pretrain_prefix_every=0)
         cfg = world_config(size, **first)

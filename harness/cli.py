@@ -565,6 +565,9 @@ def cmd_world(args: argparse.Namespace) -> int:
     ident = info.identity
     print(f"world at {root}: {ident['size']} seed {ident['seed']}, config {ident['config_hash']}, "
           f"checkpoint {info.checkpoint} (sha256 {ident['checkpoint_sha256'][:12]})")
+    if info.backbone_checkpoint is not None:
+        print(f"  the runs' backbone: {info.backbone_checkpoint} (step {info.config['backbone_step']} of the pretraining; "
+              f"sha256 {ident['backbone_checkpoint_sha256'][:12]}); the checkpoint above is the attribute generator")
     return 0
 
 

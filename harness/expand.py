@@ -172,10 +172,15 @@ def bike_world(root: str | Path, size: Optional[str] = None, seed: Optional[int]
             if log is not None:
                 ident = getattr(info, "identity", {})
                 log(f"world {root}: {ident.get('size')} seed {ident.get('seed')}, config {ident.get('config_hash')}, "
-                    f"checkpoint sha256 {str(ident.get('checkpoint_sha256'))[:12]}")
+                    f"checkpoint sha256 {str(ident.get('checkpoint_sha256'))[:12]}"
+                    + (f", the runs' backbone its step {info.config.get('backbone_step')} (sha256 "
+                       f"{ident['backbone_checkpoint_sha256'][:12]})" if "backbone_checkpoint_sha256" in ident else ""))
         info = info_cache["info"]
         values = {
-            "checkpoint": str(info.checkpoint),
+            # the CLIP a run starts from; the attribute generator's own weights when they differ
+            # (a world whose backbone is a pretraining snapshot: `--set backbone_step=N`), else null
+            "checkpoint": str(getattr(info, "run_checkpoint", info.checkpoint)),
+            "generator": str(info.generator_checkpoint) if getattr(info, "generator_checkpoint", None) else None,
             "model": str(getattr(info, "model_name", "bike-tiny")),
             "root": str(root),
             "frames": info.frames,

@@ -19,6 +19,7 @@ def _summary(info) -> dict:
         "root": str(info.root), "size": info.size, "seed": info.seed, "config_hash": info.config_hash,
         "model": info.model_name, "checkpoint": str(info.checkpoint), "frames": info.frames,
         "resolution": info.resolution, "counts": info.counts, "metrics": info.metrics, "timings": info.timings,
+        **({"backbone_checkpoint": str(info.backbone_checkpoint)} if info.backbone_checkpoint else {}),
     }
 
 

@@ -81,12 +81,31 @@ class WorldInfo:
     numerics: dict = field(default_factory=dict)
     #: The ``WorldConfig`` fields the build set beyond the size preset (``bikebench world build --set``).
     settings: dict = field(default_factory=dict)
+    #: With ``WorldConfig.backbone_step``: the CLIP after that many pretraining steps, the runs' backbone
+    #: (``checkpoint``, the final CLIP, is then the attribute generator only); None: one CLIP for both.
+    backbone_checkpoint: Optional[Path] = None
+    backbone_checkpoint_sha256: str = ""
 
     @property
     def identity(self) -> dict[str, Any]:
-        """What makes two worlds give the same numbers: size, seed, config hash, checkpoint SHA-256."""
-        return {"size": self.size, "seed": self.seed, "config_hash": self.config_hash,
-                "checkpoint_sha256": self.checkpoint_sha256}
+        """What makes two worlds give the same numbers: size, seed, config hash, checkpoint SHA-256 (and
+        the backbone checkpoint's, for a world whose backbone is a pretraining snapshot)."""
+        out = {"size": self.size, "seed": self.seed, "config_hash": self.config_hash,
+               "checkpoint_sha256": self.checkpoint_sha256}
+        if self.backbone_checkpoint is not None:
+            out["backbone_checkpoint_sha256"] = self.backbone_checkpoint_sha256
+        return out
+
+    @property
+    def run_checkpoint(self) -> Path:
+        """The CLIP a run starts from (``model.pretrained``) and whose text tower encodes the attributes
+        branch's texts: the backbone snapshot when there is one, else the world's CLIP."""
+        return self.backbone_checkpoint or self.checkpoint
+
+    @property
+    def generator_checkpoint(self) -> Optional[Path]:
+        """The attribute generator's weights when they are not the run's (a backbone snapshot world), else None."""
+        return self.checkpoint if self.backbone_checkpoint is not None else None
 
     # ------------------------------------------------------------------ paths
     def path(self, key: str) -> Path:
@@ -136,16 +155,17 @@ class WorldInfo:
 
     def model_config(self) -> dict[str, Any]:
         """``ModelConfig`` field values: the tiny CLIP, its checkpoint, frames, resolution."""
-        return {"backbone": self.model_name, "pretrained": str(self.checkpoint), "frames": self.frames,
+        return {"backbone": self.model_name, "pretrained": str(self.run_checkpoint), "frames": self.frames,
                 "resolution": self.resolution}
 
     def attributes_config(self, lexicon: str = "world") -> dict[str, Any]:
-        """``AttributesConfig`` field values: the lexicon file and the world's CLIP as the generator."""
+        """``AttributesConfig`` field values: the lexicon file, the world's final CLIP as the generator and
+        the run's CLIP as the text encoder."""
         if lexicon not in self.lexicons:
             raise ValueError(f"world lexicon: got {lexicon!r}; expected one of {sorted(self.lexicons)}")
         return {"lexicon": str(self.lexicons[lexicon]), "generator_backbone": self.model_name,
                 "generator_pretrained": str(self.checkpoint), "text_encoder": self.model_name,
-                "text_encoder_pretrained": str(self.checkpoint)}
+                "text_encoder_pretrained": str(self.run_checkpoint)}
 
     def config_overrides(self, family: str, lexicon: str = "world") -> dict[str, Any]:
         """Nested RunConfig sections (data, model, attributes) for a run of ``family`` on this world."""
@@ -161,6 +181,8 @@ class WorldInfo:
             "counts": self.counts, "metrics": self.metrics, "timings": self.timings,
             "checkpoint_sha256": self.checkpoint_sha256, "numerics": self.numerics,
             **({"settings": self.settings} if self.settings else {}),
+            **({"backbone_checkpoint": str(self.backbone_checkpoint.relative_to(self.root)),
+                "backbone_checkpoint_sha256": self.backbone_checkpoint_sha256} if self.backbone_checkpoint else {}),
         }
 
     @classmethod
@@ -174,6 +196,8 @@ class WorldInfo:
                 metrics=m["metrics"], timings=m.get("timings", {}),
                 checkpoint_sha256=m.get("checkpoint_sha256", ""), numerics=m.get("numerics", {}),
                 settings=settings_of(m),
+                backbone_checkpoint=root / m["backbone_checkpoint"] if m.get("backbone_checkpoint") else None,
+                backbone_checkpoint_sha256=m.get("backbone_checkpoint_sha256", ""),
             )
         except KeyError as exc:
             raise WorldError(f"{root / MANIFEST}: field {exc.args[0]!r} missing; expected a manifest written by build_world") from None
@@ -252,7 +276,7 @@ def _is_current(root: Path, config_hash: str) -> Optional[WorldInfo]:
     if m is None or m.get("config_hash") != config_hash:
         return None
     info = WorldInfo.from_manifest(root, m)
-    return info if info.checkpoint.is_file() else None
+    return info if info.checkpoint.is_file() and info.run_checkpoint.is_file() else None
 
 
 def build_world(
@@ -321,10 +345,12 @@ def _build(
     for sub in (VIDEO_DIR, LIST_DIR, LEXICON_DIR):
         shutil.rmtree(root / sub, ignore_errors=True)
     ckpt = root / CLIP_DIR / f"{cfg.model}-{config_hash}.pt"
+    # a world whose backbone is a snapshot of the pretraining keeps it beside the final CLIP
+    backbone = root / CLIP_DIR / f"{cfg.model}-{config_hash}-step{cfg.backbone_step}.pt" if cfg.backbone_step else None
     if force:
         ckpt.unlink(missing_ok=True)
     for stale in (root / CLIP_DIR).glob("*.pt") if (root / CLIP_DIR).is_dir() else []:
-        if stale != ckpt:
+        if stale not in (ckpt, backbone):
             stale.unlink()
     plan = plan_world(cfg, seed)
     jobs = plan.all_jobs
@@ -335,7 +361,7 @@ def _build(
     timings: dict[str, float] = {}
 
     def pretrain() -> Optional[dict]:
-        if ckpt.is_file():
+        if ckpt.is_file() and (backbone is None or backbone.is_file()):
             say(f"reusing checkpoint {ckpt.name}")
             return None
         t0 = time.perf_counter()
@@ -344,6 +370,8 @@ def _build(
             f"compositions ({cfg.pretrain_steps} steps of {cfg.pretrain_batch}); it starts from random weights on "
             f"purpose (no pretrained weights exist for it), saved to {ckpt.name}")
         model, stats = pretrain_clip(cfg, seed, pool_comps, progress=say)
+        if backbone is not None:  # first, so that a final checkpoint on disk always has its backbone
+            save_checkpoint(stats.backbone_state, backbone)
         save_checkpoint(model, ckpt)
         timings["pretrain_s"] = round(time.perf_counter() - t0, 2)
         return {"steps": stats.steps, "final_loss": round(stats.final_loss, 4), "pool_frames": stats.pool_frames}
@@ -374,6 +402,9 @@ def _build(
     t0 = time.perf_counter()
     model = _load_checkpoint(cfg.model, ckpt)
     metrics = measure.measure_world(model, cfg.model, root, layout, cfg.model_frames, cfg.prompt)
+    if backbone is not None:  # how far the backbone is behind the generator
+        metrics["backbone"] = {"step": cfg.backbone_step, **measure.measure_zero_shot(
+            _load_checkpoint(cfg.model, backbone), cfg.model, root, layout, cfg.model_frames, cfg.prompt)}
     timings["measure_s"] = round(time.perf_counter() - t0, 2)
     if pre is not None:
         metrics["pretrain"] = pre
@@ -383,6 +414,7 @@ def _build(
         checkpoint=ckpt, frames=cfg.model_frames, resolution=_image_size(model), prompt=cfg.prompt,
         layout=asdict(layout), counts=_counts(plan, root), metrics=metrics, timings=timings,
         checkpoint_sha256=file_sha256(ckpt), numerics=numerics, settings=dict(settings or {}),
+        backbone_checkpoint=backbone, backbone_checkpoint_sha256=file_sha256(backbone) if backbone else "",
     )
     _write_manifest(root, info)
     say(f"world built in {timings['total_s']:.1f}s: {json.dumps(metrics.get('zero_shot_novel', {}))}")

@@ -111,6 +111,7 @@ HASHED_WHEN_ON: dict[str, tuple[str, object]] = {
     "width": ("width", 0),
     "pretrain_logit_scale": ("pretrain_logit_scale", 0.0),
     "pretrain_bare_captions": ("pretrain_bare_captions", True),
+    "backbone_step": ("backbone_step", 0),
 }
 
 
@@ -188,6 +189,10 @@ class WorldConfig:
     #: the bare template ``{}`` (a caption that is the phrase alone) is one of the pretraining's templates;
     #: false: every caption is a sentence, as web captions mostly are, so a bare phrase is a stranger
     pretrain_bare_captions: bool = True
+    #: the runs' backbone is the CLIP after this many of the pretraining's steps, and the final CLIP is the
+    #: attribute generator: a generator stronger than the backbone, as the paper's ViT-L/14 generator is
+    #: stronger than its ViT-B/32 backbone (0: one CLIP, backbone and generator alike)
+    backbone_step: int = 0
     #: the world lexicon also names the facets of an action (``ball rising``, ``red shape``, ``ball``)
     lexicon_facets: bool = True
     # what a BIKE run on this world uses
@@ -229,6 +234,9 @@ class WorldConfig:
         if self.pretrain_logit_scale and not 1.0 <= self.pretrain_logit_scale <= 100.0:
             raise ValueError(f"WorldConfig.pretrain_logit_scale: got {self.pretrain_logit_scale}; expected 0 (open_clip's "
                              "initial 1/0.07) or a scale from 1 to 100 (CLIP's clamp)")
+        if not 0 <= self.backbone_step <= self.pretrain_steps:
+            raise ValueError(f"WorldConfig.backbone_step: got {self.backbone_step}; expected 0 (one CLIP) or a step "
+                             f"of the pretraining, 1..pretrain_steps={self.pretrain_steps}")
         if not 0.0 <= self.pretrain_shift <= 0.5:
             raise ValueError(f"WorldConfig.pretrain_shift: got {self.pretrain_shift}; expected a share of the frame in [0, 0.5]")
         if not 0.0 <= self.trail_p <= 1.0:

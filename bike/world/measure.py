@@ -15,7 +15,7 @@ from the mp4 files on disk, resized to the model's input size and normalised wit
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -162,6 +162,28 @@ def _class_names(class_csv: Path) -> list[str]:
     return [line.split(",", 1)[1] for line in Path(class_csv).read_text().splitlines()[1:] if line.strip()]
 
 
+def measure_zero_shot(
+    model: nn.Module, model_name: str, root: Path, layout, frames: int, prompt: str, features: Optional[dict] = None,
+) -> dict:
+    """``zero_shot_novel`` and ``zero_shot_general``: zero-shot accuracy of ``model`` on the held-out
+    compositions and on the general validation split (``features``, when given, receives each split's
+    frame embeddings ``[N, T, D]`` and labels ``[N]``)."""
+    root = Path(root)
+    videos = root / layout.video_root
+    out: dict = {}
+    for split, classes, lst in (
+        ("novel", layout.novel_classes, layout.novel_val),
+        ("general", layout.general_classes, layout.general_val),
+    ):
+        names = _class_names(root / classes)
+        emb, labels = _encode_list(model, root / lst, videos, frames)
+        if features is not None:
+            features[split] = (emb, labels)
+        acc = zero_shot_accuracy(emb, encode_prompts(model, model_name, names, prompt), labels)
+        out[f"zero_shot_{split}"] = {**acc, "chance": 1.0 / len(names), "classes": len(names), "videos": len(labels)}
+    return out
+
+
 def measure_world(model: nn.Module, model_name: str, root: Path, layout, frames: int, prompt: str) -> dict:
     """Zero-shot (novel and general val) and linear-probe (general) accuracy of ``model`` on the world.
 
@@ -169,17 +191,8 @@ def measure_world(model: nn.Module, model_name: str, root: Path, layout, frames:
     """
     root = Path(root)
     videos = root / layout.video_root
-    out: dict = {"frames": frames, "prompt": prompt}
-    feats = {}
-    for split, classes, lst in (
-        ("novel", layout.novel_classes, layout.novel_val),
-        ("general", layout.general_classes, layout.general_val),
-    ):
-        names = _class_names(root / classes)
-        emb, labels = _encode_list(model, root / lst, videos, frames)
-        feats[split] = (emb, labels)
-        acc = zero_shot_accuracy(emb, encode_prompts(model, model_name, names, prompt), labels)
-        out[f"zero_shot_{split}"] = {**acc, "chance": 1.0 / len(names), "classes": len(names), "videos": len(labels)}
+    feats: dict = {}
+    out: dict = {"frames": frames, "prompt": prompt, **measure_zero_shot(model, model_name, root, layout, frames, prompt, feats)}
     emb, labels = feats["general"]
     phrases = [p for p in (root / layout.lexicon_world).read_text().splitlines() if p.strip()]
     out["lexicon_ranking_general"] = lexicon_ranking(

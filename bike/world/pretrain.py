@@ -141,6 +141,14 @@ class ShortTextEncoder(nn.Module):
         """Copy the trained rows into the model's token-embedding table."""
         self.model.token_embedding.weight[self.token_ids] = self.rows.detach()
 
+    @torch.no_grad()
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """A copy of the model's state dict as it stands, the trained rows in its token-embedding table
+        (what :meth:`write_back` and ``state_dict`` would give now, the model left untouched)."""
+        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        state["token_embedding.weight"][self.token_ids] = self.rows.detach()
+        return state
+
 
 def multi_positive_clip_loss(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     """Symmetric contrastive loss with several positives.
@@ -182,6 +190,8 @@ class PretrainStats:
     pool_frames: int
     pool_seconds: float
     losses: list[float] = field(default_factory=list)
+    #: the state dict after ``WorldConfig.backbone_step`` steps (None when that option is off)
+    backbone_state: Optional[dict[str, torch.Tensor]] = field(default=None, repr=False)
 
 
 class _Tokens:
@@ -254,7 +264,10 @@ def _train(
     model.train()
     losses: list[float] = []
     t0 = time.perf_counter()
+    backbone_state: Optional[dict[str, torch.Tensor]] = None
     for step in range(cfg.pretrain_steps):
+        if cfg.backbone_step and step == cfg.backbone_step:
+            backbone_state = text.snapshot()  # the CLIP after backbone_step steps: the runs' backbone
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg.pretrain_steps, cfg.pretrain_warmup, cfg.pretrain_lr)
         idx = rng.choice(len(pool), size=batch, replace=False)
@@ -302,9 +315,12 @@ def _train(
     model.eval()
     seconds = time.perf_counter() - t0
     final = float(np.mean(losses[-20:])) if losses else float("nan")
-    return model, PretrainStats(cfg.pretrain_steps, seconds, final, len(pool), pool_seconds, losses)
+    if cfg.backbone_step and backbone_state is None:  # backbone_step == pretrain_steps: the final CLIP
+        backbone_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return model, PretrainStats(cfg.pretrain_steps, seconds, final, len(pool), pool_seconds, losses, backbone_state)
 
 
-def save_checkpoint(model: nn.Module, path: Path) -> Path:
-    """``torch.save`` the state dict to ``path`` atomically (temporary name, then rename)."""
-    return atomic_write_torch(path, model.state_dict())
+def save_checkpoint(model: nn.Module | dict[str, torch.Tensor], path: Path) -> Path:
+    """``torch.save`` the state dict of ``model`` (or a state dict) to ``path`` atomically (temporary
+    name, then rename)."""
+    return atomic_write_torch(path, model if isinstance(model, dict) else model.state_dict())

@@ -49,6 +49,8 @@ BUILTIN_SCALES: dict[str, dict[str, Any]] = {
         # the world's tiny CLIP stands in for the attribute encoder (ViT-B/32) and generator (ViT-L/14)
         "attributes.text_encoder": "${world.model}",
         "attributes.text_encoder_pretrained": "${world.checkpoint}",
+        # null (the run's own CLIP) unless the world's generator is stronger than its backbone
+        "attributes.generator_pretrained": "${world.generator}",
         "train.epochs": SMOKE_EPOCHS,
         "train.warmup_epochs": 0,
         "train.max_steps": SMOKE_MAX_STEPS,

@@ -26,7 +26,7 @@ def fake_world(tmp: Path):
         return WorldSplit(
             data={"dataset": f"world_{split}", "root": str(root), "train_list": str(root / "train.txt"),
                   "val_list": str(root / "val.txt"), "class_file": str(root / "classes.csv")},
-            values={"checkpoint": str(tmp / "world" / "clip.pt"), "model": "bike-tiny", "frames": 8, "resolution": 64, "root": str(tmp / "world")},
+            values={"checkpoint": str(tmp / "world" / "clip.pt"), "generator": None, "model": "bike-tiny", "frames": 8, "resolution": 64, "root": str(tmp / "world")},
         )
 
     return provider

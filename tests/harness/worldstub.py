@@ -15,7 +15,7 @@ def fake_world(tmp: Path):
         root = tmp / "world" / split
         return WorldSplit(
             data={"dataset": "world", "root": str(root), "val_list": str(root / "val.txt"), "class_file": str(root / "c.csv")},
-            values={"checkpoint": str(tmp / "world" / "clip.pt"), "model": "bike-tiny", "frames": 8, "resolution": 64, "root": str(tmp / "world"),
+            values={"checkpoint": str(tmp / "world" / "clip.pt"), "generator": None, "model": "bike-tiny", "frames": 8, "resolution": 64, "root": str(tmp / "world"),
                     "identity": {"size": "stub", "seed": 0, "config_hash": "stub", "checkpoint_sha256": "0" * 64}},
         )
 

@@ -1,5 +1,6 @@
 import json
 import os
+import warnings
 
 import decord
 import pytest
@@ -207,7 +208,7 @@ def test_pretraining_options_switched_off_leave_the_world_identity_unchanged():
 
     later = {"pretrain_negative_captions", "pretrain_tail_every", "pretrain_tail_captions", "pretrain_list_p",
              "lexicon_facets", "trail_p", "pretrain_shift", "width", "pretrain_prefix_every", "pretrain_prefix_captions",
-             "pretrain_logit_scale", "pretrain_bare_captions"}
+             "pretrain_logit_scale", "pretrain_bare_captions", "backbone_step"}
     for size in ("default", "test"):
         first = dict(FIRST_DESIGN, pretrain_list_p=0.0, trail_p=1.0, pretrain_shift=0.03, width=0, pretrain_prefix_every=0)
         cfg = world_config(size, **first)
@@ -221,8 +222,8 @@ def test_pretraining_options_switched_off_leave_the_world_identity_unchanged():
                    {"pretrain_tail_every": 4, "pretrain_tail_captions": 4}, {"pretrain_list_p": 0.2},
                    {"lexicon_facets": True}, {"trail_p": 0.5}, {"pretrain_shift": 0.125}, {"width": 80},
                    {"pretrain_prefix_every": 2}, {"pretrain_prefix_every": 2, "pretrain_prefix_captions": 4},
-                   {"pretrain_logit_scale": 100.0}, {"pretrain_bare_captions": False})}
-        assert len(hashes) == 12 and cfg.content_hash(3) not in hashes
+                   {"pretrain_logit_scale": 100.0}, {"pretrain_bare_captions": False}, {"backbone_step": 50})}
+        assert len(hashes) == 13 and cfg.content_hash(3) not in hashes
     assert world_config("test") == world_config("test", **FIRST_DESIGN)  # the test world keeps the first design
     default = world_config("default")
     assert (default.window, default.pretrain_negative_captions, default.pretrain_tail_every,
@@ -230,7 +231,8 @@ def test_pretraining_options_switched_off_leave_the_world_identity_unchanged():
     # the default's options are on, so they are hashed; the two still off are not
     hashed = {k: v for k, v in asdict(default).items()
               if k not in ("pretrain_list_p", "trail_p", "pretrain_shift", "width", "pretrain_prefix_every",
-                           "pretrain_prefix_captions", "pretrain_logit_scale", "pretrain_bare_captions")}
+                           "pretrain_prefix_captions", "pretrain_logit_scale", "pretrain_bare_captions",
+                           "backbone_step")}
     payload = json.dumps({"config": hashed, "seed": 3}, sort_keys=True, separators=(",", ":"))
     assert default.content_hash(3) == hashlib.sha256(payload.encode()).hexdigest()[:10]
     assert default.content_hash(3) != world_config("default", **FIRST_DESIGN).content_hash(3)
@@ -257,3 +259,95 @@ def test_lexicon_facets_name_every_facet_of_the_seen_actions_in_words_the_clip_w
     tok = open_clip.get_tokenizer(cfg.model)
     known = set(tok(vocabulary_phrases(Vocabulary.of(cfg))).flatten().tolist())
     assert set(tok(added).flatten().tolist()) <= known
+
+
+def test_a_backbone_step_world_starts_its_runs_from_the_snapshot_and_generates_with_the_final_clip(tmp_path, monkeypatch):
+    """``--set backbone_step=N``: the world keeps the CLIP as it stood after N optimiser steps of its
+    pretraining (the runs' backbone and attribute text encoder) beside the final CLIP (the attribute
+    generator); a run of Table 6 resolves to those weights, and the world's identity covers both."""
+    import bike.world.pretrain as pretrain_mod
+    from harness.expand import bike_world, expand
+    from harness.spec import ScaleOverrideWarning, load_spec
+
+    # reference: the model and its trained token rows captured right after the 3rd AdamW update
+    seen, captured = {}, {}
+    orig_init, orig_step = pretrain_mod.ShortTextEncoder.__init__, torch.optim.AdamW.step
+
+    def init(self, model, token_ids):
+        orig_init(self, model, token_ids)
+        seen["text"] = self
+
+    def step(self, *args, **kwargs):
+        out = orig_step(self, *args, **kwargs)
+        if not any(p is seen["text"].rows for g in self.param_groups for p in g["params"]):
+            return out  # another optimiser (the build's linear probe)
+        seen["updates"] = seen.get("updates", 0) + 1
+        if seen["updates"] == 3:
+            text = seen["text"]
+            state = {k: v.detach().clone() for k, v in text.model.state_dict().items()}
+            state["token_embedding.weight"][text.token_ids] = text.rows.detach()
+            captured.update(state)
+        return out
+
+    monkeypatch.setattr(pretrain_mod.ShortTextEncoder, "__init__", init)
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    root = tmp_path / "w"
+    info = build_world(root, size="test", seed=0, pretrain_steps=6, backbone_step=3)
+    monkeypatch.undo()
+    assert seen["updates"] == 6
+    backbone = torch.load(info.backbone_checkpoint, weights_only=True)
+    final = torch.load(info.checkpoint, weights_only=True)
+    assert backbone.keys() == captured.keys() == final.keys()
+    assert all(torch.equal(backbone[k], captured[k]) for k in captured)
+    assert not torch.equal(backbone["visual.conv1.weight"], final["visual.conv1.weight"])
+    # the rows no caption uses keep their random initialisation in both
+    used = set(seen["text"].token_ids.tolist())
+    unused = next(i for i in range(1000, 2000) if i not in used)
+    assert torch.equal(backbone["token_embedding.weight"][unused], final["token_embedding.weight"][unused])
+    trained = seen["text"].token_ids[1]
+    assert not torch.equal(backbone["token_embedding.weight"][trained], final["token_embedding.weight"][trained])
+
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["backbone_checkpoint"] == f"clip/bike-micro-{info.config_hash}-step3.pt"
+    assert manifest["backbone_checkpoint_sha256"] == build_mod.file_sha256(info.backbone_checkpoint)
+    assert info.identity["backbone_checkpoint_sha256"] == manifest["backbone_checkpoint_sha256"]
+    assert manifest["metrics"]["backbone"]["step"] == 3
+    assert 0.0 <= manifest["metrics"]["backbone"]["zero_shot_general"]["video"] <= 1.0
+    assert load_world(root).backbone_checkpoint == info.backbone_checkpoint
+
+    # Table 6 at smoke scale: every run starts from the snapshot, its attributes are generated by the final CLIP
+    said: list[str] = []
+    world = bike_world(root, log=said.append)
+    assert world("general").values["generator"] == str(info.checkpoint)
+    assert f"the runs' backbone its step 3 (sha256 {info.backbone_checkpoint_sha256[:12]})" in said[0]
+    with warnings.catch_warnings():  # the test world's 4 frames replace the spec's 8, as the scale says
+        warnings.simplefilter("ignore", ScaleOverrideWarning)
+        plan = expand(load_spec("experiments/table6.yaml"), "smoke", tmp_path / "results", world=world)
+    for run in plan.runs:
+        cfg = run.config
+        assert cfg.model.pretrained == str(info.backbone_checkpoint)
+        assert cfg.attributes.text_encoder_pretrained == str(info.backbone_checkpoint)
+        assert cfg.attributes.generator(cfg.model) == ("bike-micro", str(info.checkpoint))
+
+    # a second build reuses both checkpoints; one without the backbone file is rebuilt
+    assert build_world(root, size="test", seed=0, pretrain_steps=6, backbone_step=3).backbone_checkpoint_sha256 == \
+        info.backbone_checkpoint_sha256
+    info.backbone_checkpoint.unlink()
+    again = build_world(root, size="test", seed=0, pretrain_steps=6, backbone_step=3)
+    assert again.backbone_checkpoint_sha256 == info.backbone_checkpoint_sha256  # byte-identical on a rebuild
+
+
+def test_a_world_of_one_clip_gives_no_generator_of_its_own(test_world):
+    """Without ``backbone_step`` (every world built so far) the runs' CLIP is the generator: the smoke
+    scale's ``${world.generator}`` is null, so no run's identity changes."""
+    from harness.expand import bike_world
+
+    assert test_world.backbone_checkpoint is None and test_world.generator_checkpoint is None
+    assert "backbone_checkpoint_sha256" not in test_world.identity
+    assert bike_world(test_world.root)("general").values["generator"] is None
+    assert test_world.model_config()["pretrained"] == str(test_world.checkpoint)
+
+
+def test_backbone_step_beyond_the_pretraining_is_an_error():
+    with pytest.raises(ValueError, match=r"backbone_step: got 101; expected 0 \(one CLIP\) or a step of the pretraining"):
+        world_config("test", backbone_step=101)

@@ -124,7 +124,8 @@ def test_run_status_and_sync(spec_file, tmp_path, capsys, fake_engine_kinds):
     assert capsys.readouterr().out.strip() == uri
 
 
-def test_world_build_calls_bike_world(monkeypatch, tmp_path, capsys):
+@pytest.mark.parametrize("backbone_step", [0, 1250])
+def test_world_build_calls_bike_world(monkeypatch, tmp_path, capsys, backbone_step):
     import bike.world
 
     seen = {}
@@ -132,12 +133,19 @@ def test_world_build_calls_bike_world(monkeypatch, tmp_path, capsys):
     def build_world(root, size="default", seed=0, force=False):
         seen.update(root=root, size=size, seed=seed)
         identity = {"size": size, "seed": seed, "config_hash": "h", "checkpoint_sha256": "0" * 64}
-        return type("Info", (), {"checkpoint": root / "clip.pt", "identity": identity})()
+        backbone = root / "clip-step.pt" if backbone_step else None
+        if backbone_step:
+            identity["backbone_checkpoint_sha256"] = "1" * 64
+        return type("Info", (), {"checkpoint": root / "clip.pt", "identity": identity, "backbone_checkpoint": backbone,
+                                 "config": {"backbone_step": backbone_step}})()
 
     monkeypatch.setattr(bike.world, "build_world", build_world, raising=False)
     assert main(["world", "build", "--size", "test", "--root", str(tmp_path / "w"), "--seed", "3"]) == 0
     assert seen == {"root": (tmp_path / "w").resolve(), "size": "test", "seed": 3}
-    assert "clip.pt" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "clip.pt" in out
+    # a world whose backbone is a pretraining snapshot names it, with its step and hash
+    assert ("clip-step.pt (step 1250 of the pretraining; sha256 111111111111)" in out) == bool(backbone_step)
 
 
 def test_check_delegates_to_harness_check(tmp_path, capsys):

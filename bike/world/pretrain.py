@@ -266,8 +266,6 @@ def _train(
     t0 = time.perf_counter()
     backbone_state: Optional[dict[str, torch.Tensor]] = None
     for step in range(cfg.pretrain_steps):
-        if cfg.backbone_step and step == cfg.backbone_step:
-            backbone_state = text.snapshot()  # the CLIP after backbone_step steps: the runs' backbone
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg.pretrain_steps, cfg.pretrain_warmup, cfg.pretrain_lr)
         idx = rng.choice(len(pool), size=batch, replace=False)
@@ -307,6 +305,8 @@ def _train(
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
+        if step + 1 == cfg.backbone_step:
+            backbone_state = text.snapshot()  # the CLIP after backbone_step steps: the runs' backbone
         if (step + 1) % max(cfg.pretrain_steps // 10, 1) == 0:
             recent = float(np.mean(losses[-20:]))
             say(f"pretrain step {step + 1}/{cfg.pretrain_steps} loss {recent:.3f} ({time.perf_counter() - t0:.0f}s)")
@@ -315,8 +315,6 @@ def _train(
     model.eval()
     seconds = time.perf_counter() - t0
     final = float(np.mean(losses[-20:])) if losses else float("nan")
-    if cfg.backbone_step and backbone_state is None:  # backbone_step == pretrain_steps: the final CLIP
-        backbone_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return model, PretrainStats(cfg.pretrain_steps, seconds, final, len(pool), pool_seconds, losses, backbone_state)
 
 

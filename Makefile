@@ -40,16 +40,15 @@ table6: setup
 
 # Table 6 on the worlds of WORLD_SEEDS (issue #15's miniature check: does a change keep the paper's ablation
 # directions on every world?): seed 0 in results/, seed N in results/world-seed<N>/ (a results directory holds
-# one world); each seed's "Ablation directions" line, then the total. ~10 min a seed on 2 cores.
+# one world); then the worlds' directions side by side (`bikebench directions`, also in
+# results/directions_worlds.md and .json): which hold on every world, which on some, which on none. ~10 min a seed on 2 cores.
 WORLD_SEEDS ?= 0 1 2
 table6-worlds: setup
 	@set -e; dir() { if [ "$$1" = 0 ]; then echo results; else echo results/world-seed$$1; fi; }; \
-	for s in $(WORLD_SEEDS); do \
-		$(BIN)/bikebench table6 --world-seed $$s --results $$(dir $$s) --scale smoke --executor $(EXECUTOR) --parallelism $(PARALLELISM) $(ARGS); done; \
-	n=0; m=0; for s in $(WORLD_SEEDS); do \
-		line=$$(grep -h "^## Ablation directions" $$(dir $$s)/table6.md | sed 's/^## //'); echo "world seed $$s: $$line"; \
-		set -- $$(echo "$$line" | sed 's/[^0-9 ]//g'); n=$$((n + $$1)); m=$$((m + $$2)); done; \
-	echo "all worlds: $$n of $$m ablation directions reproduced"
+	dirs=""; for s in $(WORLD_SEEDS); do \
+		$(BIN)/bikebench table6 --world-seed $$s --results $$(dir $$s) --scale smoke --executor $(EXECUTOR) --parallelism $(PARALLELISM) $(ARGS); \
+		dirs="$$dirs $$(dir $$s)"; done; \
+	$(BIN)/bikebench directions $$dirs --out results/directions_worlds.md
 
 # every table of the paper (1-6, A.3, the text's numbers, the zoo): results/paper.md, results/paper.html
 paper: setup

@@ -222,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="regression check against the paper / the blessed baseline")
     add_check_arguments(p)
 
+    p = sub.add_parser("directions", help="the ablation directions of several worlds' Table 6, side by side")
+    p.add_argument("sources", nargs="+", metavar="RESULTS",
+                   help="results directories written by `bikebench table6 --world-seed N` (or their table6_results.json)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of markdown")
+    p.add_argument("--out", default=None, metavar="FILE", help="also write the markdown report (and FILE.json beside it)")
+
     p = sub.add_parser("tune", help="Optuna study on cached scores")
     p.add_argument("sweep")
     p.add_argument("overrides", nargs="*", metavar="key=value")
@@ -616,6 +622,26 @@ def cmd_check(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
+def cmd_directions(args: argparse.Namespace) -> int:
+    import json
+
+    from harness.cells import CheckError
+    from harness.directions import directions_across
+
+    try:
+        report = directions_across(args.sources)
+    except CheckError as exc:
+        raise ConfigError(str(exc)) from None
+    text = json.dumps(report.to_dict(), indent=2) if args.json else report.to_markdown()
+    print(text, end="" if text.endswith("\n") else "\n")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report.to_markdown())
+        out.with_suffix(".json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    return 0
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from harness.tracking import resolve_tracking_uri
     from harness.tuning import tune_main
@@ -726,7 +752,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 COMMANDS = {
     "ui": cmd_ui,
     "run": cmd_run, "rehearse": cmd_rehearse, "table6": cmd_table6, "table": cmd_table, "paper": cmd_paper, "status": cmd_status, "sync": cmd_sync, "world": cmd_world,
-    "check": cmd_check, "tune": cmd_tune, "mlflow-uri": cmd_mlflow_uri, "import": cmd_import, "data": cmd_data,
+    "check": cmd_check, "directions": cmd_directions, "tune": cmd_tune, "mlflow-uri": cmd_mlflow_uri, "import": cmd_import, "data": cmd_data,
 }
 
 

@@ -7,7 +7,14 @@ of ours (a tie) count as a miss. Derived gain columns (``delta_of``) are not com
 operands are), and a pair where we lack either cell is counted apart, as not measurable.
 
 This is the figure of issue "the embedded world as a miniature of the paper": a smoke table whose
-directions match the paper's predicts what an ablation does at full scale.
+directions match the paper's predicts what an ablation does at full scale. :func:`directions_across`
+puts the tables of several worlds (``bikebench table6 --world-seed N``) side by side: which directions
+hold on every world, which on some, which on none (``bikebench directions RESULTS...``).
+
+Each report also breaks the directions down by the paper's gap between the two cells
+(:data:`GAP_BANDS`): the paper's ablations are single training runs, so its smallest gaps are of the
+size by which two runs of one setting differ, and a direction resting on such a gap is one a smoke
+table (384 validation videos, 20 steps) cannot be expected to resolve.
 """
 
 from __future__ import annotations
@@ -17,6 +24,20 @@ from itertools import combinations
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from harness.registry import PaperEntry, Registry, load_registry
+
+#: Upper bounds (points) of the bands of the paper's gap in which :meth:`DirectionReport.by_gap` counts
+#: the directions; the last band is everything above the last bound.
+GAP_BANDS: tuple[float, ...] = (0.5, 2.0)
+
+
+def gap_band(gap: float, bands: Sequence[float] = GAP_BANDS) -> str:
+    """The label of the band of ``gap`` (points): ``"<= 0.5"``, ``"0.5-2"``, ``"> 2"`` for the default bands."""
+    lower = None
+    for bound in bands:
+        if gap <= bound + 1e-9:
+            return f"<= {bound:g}" if lower is None else f"{lower:g}-{bound:g}"
+        lower = bound
+    return f"> {bands[-1]:g}"
 
 
 @dataclass(frozen=True)
@@ -37,13 +58,26 @@ class Direction:
         return self.ours_higher is not None and self.ours_lower is not None
 
     @property
+    def key(self) -> tuple[str, str, str, str]:
+        """What identifies the pair in any table: (sub-table, axis, higher cell, lower cell)."""
+        return (self.table, self.axis, self.higher, self.lower)
+
+    @property
+    def paper_gap(self) -> float:
+        """The paper's margin between the two cells (points, > 0)."""
+        return round(self.paper_higher - self.paper_lower, 6)
+
+    def name(self) -> str:
+        return f"{self.table}: {self.higher} > {self.lower}"
+
+    @property
     def reproduced(self) -> bool:
         """Ours ordered as the paper's (strictly: a tie is a miss)."""
         return self.measurable and self.ours_higher > self.ours_lower  # type: ignore[operator]
 
     def describe(self) -> str:
         ours = (f"ours {self.ours_higher:.2f} vs {self.ours_lower:.2f}" if self.measurable else "ours: missing")
-        return (f"{self.table}: {self.higher} > {self.lower} (paper {self.paper_higher:g} vs {self.paper_lower:g}; {ours})")
+        return f"{self.name()} (paper {self.paper_higher:g} vs {self.paper_lower:g}; {ours})"
 
 
 @dataclass
@@ -77,10 +111,26 @@ class DirectionReport:
         pct = "" if self.share is None else f" ({100 * self.share:.0f} %)"
         return f"Ablation directions: {self.reproduced} of {self.total} reproduced{pct}"
 
+    def by_gap(self, bands: Sequence[float] = GAP_BANDS) -> list[tuple[str, int, int]]:
+        """``(band, reproduced, measurable)`` for each band of the paper's gap that holds a direction."""
+        counts: dict[str, list[int]] = {}
+        for d in sorted(self.measurable, key=lambda d: d.paper_gap):
+            c = counts.setdefault(gap_band(d.paper_gap, bands), [0, 0])
+            c[0] += d.reproduced
+            c[1] += 1
+        return [(band, n, m) for band, (n, m) in counts.items()]
+
+    def gap_line(self) -> str:
+        """E.g. ``By the paper's gap between the two cells (points): <= 0.5: 3 of 9, 0.5-2: 12 of 16, > 2: 21 of 21.``"""
+        parts = [f"{band}: {n} of {m}" for band, n, m in self.by_gap()]
+        return "By the paper's gap between the two cells (points): " + ", ".join(parts) + "." if parts else ""
+
     def to_markdown(self) -> str:
         lines = [f"## {self.headline()}", "",
                  "Each pair of rows within a column and of columns within a row whose published values differ; "
                  "ours reproduces the pair when it orders the two cells the same way (a tie is a miss)."]
+        if self.total:
+            lines += ["", self.gap_line()]
         if self.misses:
             lines += ["", "Missed:", ""] + [f"- {d.describe()}" for d in self.misses]
         unmeasured = len(self.directions) - self.total
@@ -91,6 +141,7 @@ class DirectionReport:
     def to_dict(self) -> dict[str, Any]:
         return {"reproduced": self.reproduced, "total": self.total, "share": self.share,
                 "unmeasured": len(self.directions) - self.total,
+                "by_paper_gap": [{"band": b, "reproduced": n, "total": m} for b, n, m in self.by_gap()],
                 "misses": [{**asdict(d), "reproduced": False} for d in self.misses]}
 
 
@@ -133,3 +184,151 @@ def ablation_directions(
                         table, axis, f"{hi.row}/{hi.column}", f"{lo.row}/{lo.column}", hi.value, lo.value,
                         ours.get((table, hi.row, hi.column)), ours.get((table, lo.row, lo.column))))
     return report
+
+
+@dataclass
+class WorldTable:
+    """One world's Table 6 and its directions."""
+
+    label: str  # e.g. "seed 1"
+    source: str  # the results file or directory it was read from
+    world: Optional[dict[str, Any]]  # table6_results.json's world identity (seed, config hash, checkpoint)
+    report: DirectionReport
+
+
+@dataclass
+class WorldsReport:
+    """The directions of several worlds' Table 6 side by side (:func:`directions_across`)."""
+
+    worlds: list[WorldTable]
+
+    @property
+    def reproduced(self) -> int:
+        return sum(w.report.reproduced for w in self.worlds)
+
+    @property
+    def total(self) -> int:
+        return sum(w.report.total for w in self.worlds)
+
+    @property
+    def share(self) -> Optional[float]:
+        return None if self.total == 0 else self.reproduced / self.total
+
+    def headline(self) -> str:
+        pct = "" if self.share is None else f" ({100 * self.share:.0f} %)"
+        n = len(self.worlds)
+        return f"Ablation directions on {n} world{'' if n == 1 else 's'}: {self.reproduced} of {self.total} reproduced{pct}"
+
+    def rows(self) -> list[tuple[Direction, list[Optional[Direction]]]]:
+        """Every direction measurable on some world, with each world's (None: not measurable there)."""
+        order: dict[tuple[str, str, str, str], Direction] = {}
+        per_world: list[dict[tuple[str, str, str, str], Direction]] = []
+        for w in self.worlds:
+            mine = {d.key: d for d in w.report.measurable}
+            per_world.append(mine)
+            for key, d in mine.items():
+                order.setdefault(key, d)
+        return [(d, [mine.get(key) for mine in per_world]) for key, d in order.items()]
+
+    def steadiness(self) -> dict[str, int]:
+        """How many directions hold on every world, on some, on none (among those measurable everywhere)."""
+        out = {"every": 0, "some": 0, "none": 0}
+        for _, cells in self.rows():
+            if any(c is None for c in cells):
+                continue
+            n = sum(c.reproduced for c in cells)  # type: ignore[union-attr]
+            out["every" if n == len(cells) else "none" if n == 0 else "some"] += 1
+        return out
+
+    def by_gap(self, bands: Sequence[float] = GAP_BANDS) -> list[tuple[str, int, int, int, int]]:
+        """``(band, directions, on every world, reproduced, measurable)`` per band of the paper's gap, the last
+        two summed over the worlds."""
+        acc: dict[str, list[int]] = {}
+        for d, cells in sorted(self.rows(), key=lambda r: r[0].paper_gap):
+            a = acc.setdefault(gap_band(d.paper_gap, bands), [0, 0, 0, 0])
+            present = [c for c in cells if c is not None]
+            a[0] += 1
+            a[1] += len(present) == len(cells) and all(c.reproduced for c in present)
+            a[2] += sum(c.reproduced for c in present)
+            a[3] += len(present)
+        return [(band, *v) for band, v in acc.items()]  # type: ignore[misc]
+
+    def to_markdown(self) -> str:
+        s = self.steadiness()
+        lines = [f"# {self.headline()}", "",
+                 "Each world's Table 6 against the paper's directions (`harness.directions`: a pair of rows within a "
+                 "column or of columns within a row whose published values differ; a tie is a miss).", "",
+                 "| world | results | reproduced |", "|---|---|---|"]
+        for w in self.worlds:
+            lines.append(f"| {w.label} | `{w.source}` | {w.report.reproduced} of {w.report.total} |")
+        lines += ["", f"Directions measurable on every world: {sum(s.values())}; reproduced on every world {s['every']}, "
+                      f"on some {s['some']}, on none {s['none']}.", "",
+                  "By the paper's gap between the two cells (points):", "",
+                  "| paper gap | directions | on every world | reproduced (all worlds) |", "|---|---|---|---|"]
+        for band, n, every, rep, meas in self.by_gap():
+            lines.append(f"| {band} | {n} | {every} | {rep} of {meas} |")
+        missed = [(d, cells) for d, cells in self.rows() if any(c is None or not c.reproduced for c in cells)]
+        if missed:
+            missed.sort(key=lambda r: sum(c is not None and c.reproduced for c in r[1]))
+            lines += ["", f"Missed on at least one world ({len(missed)}; fewest worlds first):", "",
+                      "| direction | paper | " + " | ".join(w.label for w in self.worlds) + " |",
+                      "|---|---|" + "---|" * len(self.worlds)]
+            for d, cells in missed:
+                ours = [("–" if c is None else f"{c.ours_higher:.2f} vs {c.ours_lower:.2f} "
+                         f"{'yes' if c.reproduced else 'tie' if c.ours_higher == c.ours_lower else 'no'}")
+                        for c in cells]
+                lines.append(f"| {d.name()} | {d.paper_higher:g} vs {d.paper_lower:g} | " + " | ".join(ours) + " |")
+        return "\n".join(lines) + "\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reproduced": self.reproduced, "total": self.total, "share": self.share, "steadiness": self.steadiness(),
+            "worlds": [{"label": w.label, "source": w.source, "world": w.world, **w.report.to_dict()} for w in self.worlds],
+            "by_paper_gap": [{"band": b, "directions": n, "on_every_world": e, "reproduced": r, "total": m}
+                             for b, n, e, r, m in self.by_gap()],
+            "directions": [{"table": d.table, "axis": d.axis, "higher": d.higher, "lower": d.lower,
+                            "paper_higher": d.paper_higher, "paper_lower": d.paper_lower,
+                            "ours": [None if c is None else {"higher": c.ours_higher, "lower": c.ours_lower,
+                                                            "reproduced": c.reproduced} for c in cells]}
+                           for d, cells in self.rows()],
+        }
+
+
+def _world_label(world: Optional[Mapping[str, Any]], source: str) -> str:
+    if not world or world.get("seed") is None:
+        return source
+    return f"seed {world['seed']}"
+
+
+def directions_across(sources: Sequence[Any], registry: Optional[Registry] = None) -> WorldsReport:
+    """The directions of each of ``sources`` (results directories written by ``bikebench table6``, or their
+    ``table6_results.json``), side by side. Worlds are labelled by their seed; two results of worlds with one
+    seed but another config (``--set``) or checkpoint are told apart by their config hash, then by their path.
+    Raises :class:`harness.cells.CheckError` naming the file when one cannot be read."""
+    from pathlib import Path
+
+    from harness.cells import CheckError
+    from harness.check import load_results, results_world
+
+    if not sources:
+        raise CheckError("directions: no results given; expected results directories written by `bikebench table6`")
+    registry = registry if registry is not None else load_registry()
+    worlds: list[WorldTable] = []
+    for source in sources:
+        if not Path(source).exists():
+            raise CheckError(f"{source}: no such results directory or file; expected a directory written by "
+                             "`bikebench table6` (it holds table6_results.json) or that file")
+        cells = [{"table": c.table, "row": c.row, "column": c.column, "value": c.value, "variant": c.variant}
+                 for c in load_results(source) if str(c.table).startswith("6") and not c.derived]
+        world = results_world(source)
+        worlds.append(WorldTable(_world_label(world, str(source)), str(source), world,
+                                 ablation_directions(cells, registry)))
+    labels = [w.label for w in worlds]
+    for w in worlds:
+        if labels.count(w.label) > 1 and w.world and w.world.get("config_hash"):
+            w.label = f"{w.label} ({w.world['config_hash']})"
+    labels = [w.label for w in worlds]
+    for w in worlds:
+        if labels.count(w.label) > 1:
+            w.label = f"{w.label} ({Path(w.source)})"
+    return WorldsReport(worlds)

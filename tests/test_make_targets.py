@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 # A stand-in for the installed CLI: records its arguments and writes the table6.md a real run ends with.
 FAKE_BIKEBENCH = """#!/bin/bash
 echo "$@" >> "$FAKE_LOG"
+if [ "$1" = directions ]; then echo "side by side: ${@:2}"; exit 0; fi
 seed=0; results=results
 while [ $# -gt 0 ]; do
   case "$1" in --world-seed) seed=$2; shift;; --results) results=$2; shift;; esac; shift
@@ -37,27 +38,25 @@ def _checkout(tmp_path: Path, bikebench: str) -> Path:
     return work
 
 
-def test_table6_worlds_runs_each_seed_in_its_own_results_directory_and_totals_the_directions(tmp_path):
+def test_table6_worlds_runs_each_seed_in_its_own_results_directory_and_compares_their_directions(tmp_path):
     work = _checkout(tmp_path, FAKE_BIKEBENCH)
     log = tmp_path / "calls.txt"
     out = subprocess.run(["make", "-s", "table6-worlds", "WORLD_SEEDS=0 2 5", "ARGS=--no-track model.frames=4"],
                          cwd=work, env={**os.environ, "FAKE_LOG": str(log)}, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     calls = log.read_text().splitlines()
-    assert len(calls) == 3
+    assert len(calls) == 4
     for call, seed, results in zip(calls, (0, 2, 5), ("results", "results/world-seed2", "results/world-seed5")):
         args = call.split()
         assert args[0] == "table6"
         assert args[args.index("--world-seed") + 1] == str(seed)
         assert args[args.index("--results") + 1] == results
         assert args[-2:] == ["--no-track", "model.frames=4"]
-    lines = out.stdout.strip().splitlines()
-    assert lines == [
-        "world seed 0: Ablation directions: 30 of 46 reproduced (x %)",
-        "world seed 2: Ablation directions: 32 of 46 reproduced (x %)",
-        "world seed 5: Ablation directions: 35 of 46 reproduced (x %)",
-        "all worlds: 97 of 138 ablation directions reproduced",
-    ]
+    # then the three worlds' directions side by side, in the order of WORLD_SEEDS
+    assert calls[3].split() == ["directions", "results", "results/world-seed2", "results/world-seed5",
+                                "--out", "results/directions_worlds.md"]
+    assert out.stdout.strip().splitlines()[-1] == (
+        "side by side: results results/world-seed2 results/world-seed5 --out results/directions_worlds.md")
 
 
 def test_table6_worlds_stops_at_the_first_failing_seed(tmp_path):
@@ -66,8 +65,7 @@ def test_table6_worlds_stops_at_the_first_failing_seed(tmp_path):
     out = subprocess.run(["make", "-s", "table6-worlds", "WORLD_SEEDS=0 1"], cwd=work,
                          env={**os.environ, "FAKE_LOG": str(log)}, capture_output=True, text=True)
     assert out.returncode != 0
-    assert len(log.read_text().splitlines()) == 1
-    assert "all worlds" not in out.stdout
+    assert len(log.read_text().splitlines()) == 1  # neither the next seed nor `bikebench directions`
 
 
 def test_clean_results_cleans_every_results_directory_but_keeps_the_worlds_and_committed_files(tmp_path):

@@ -76,3 +76,93 @@ def test_check_reports_the_directions(tmp_path):
     total = ablation_directions(cells, reg).total
     assert f"Ablation directions: {total - 1} of {total} reproduced" in out.getvalue()
     assert "trained/A > untrained/A" in out.getvalue()
+
+
+def test_gap_bands_split_the_directions_by_the_papers_margin():
+    from harness.directions import gap_band
+
+    assert [gap_band(g) for g in (0.1, 0.5, 0.6, 2.0, 2.1, 25.0)] == ["<= 0.5", "<= 0.5", "0.5-2", "0.5-2", "> 2", "> 2"]
+    assert gap_band(1.0, bands=(1.0,)) == "<= 1" and gap_band(1.5, bands=(1.0,)) == "> 1"
+    reg = load_registry()
+    # 6a in the paper: VCS + Transf 78.7 over VCS 78.5 (0.2); ours reversed, so the "<= 0.5" band loses one
+    report = ablation_directions(_ours(reg, {("6a", "vcs_transf", "top1"): 78.4}), reg)
+    bands = {b: (n, m) for b, n, m in report.by_gap()}
+    # reference: count the pairs by their published gap, from the registry's values
+    ref: dict[str, int] = {}
+    for d in report.measurable:
+        g = d.paper_higher - d.paper_lower
+        band = "<= 0.5" if g <= 0.5 + 1e-9 else "0.5-2" if g <= 2 + 1e-9 else "> 2"
+        ref[band] = ref.get(band, 0) + 1
+    assert {b: m for b, (n, m) in bands.items()} == ref
+    assert sum(m - n for n, m in bands.values()) == len(report.misses) >= 1
+    assert bands["<= 0.5"][0] < bands["<= 0.5"][1]
+    assert "By the paper's gap between the two cells (points): <= 0.5:" in report.to_markdown()
+    assert report.to_dict()["by_paper_gap"][0]["band"] == "<= 0.5"
+
+
+def _write_results(path, cells, seed, config_hash="4cc4a16e76"):
+    import json
+
+    path.mkdir(parents=True)
+    world = {"seed": seed, "config_hash": config_hash, "checkpoint_sha256": f"{seed:064d}", "size": "default"}
+    (path / "table6_results.json").write_text(json.dumps({"scale": "smoke", "world": world,
+                                                          "cells": [{**c, "scale": "smoke"} for c in cells]}))
+    return path
+
+
+def test_directions_across_worlds_tell_steady_from_split_directions(tmp_path):
+    from harness.directions import directions_across
+
+    reg = load_registry()
+    full = ablation_directions(_ours(reg), reg).total
+    reversed_6e = {("6e", "trained", "A"): 50.0}  # below untrained A (56.6): one or more 6e pairs miss
+    d0 = _write_results(tmp_path / "r0", _ours(reg), 0)
+    d1 = _write_results(tmp_path / "r1", _ours(reg, reversed_6e), 1)
+    d2 = _write_results(tmp_path / "r2", _ours(reg, {**reversed_6e, ("6c", "prompt_both", "top1"): 51.2}), 2)
+    report = directions_across([d0, d1, d2], reg)
+    assert [w.label for w in report.worlds] == ["seed 0", "seed 1", "seed 2"]
+    per_world = [w.report.reproduced for w in report.worlds]
+    miss_6e = full - per_world[1]
+    assert per_world[0] == full and miss_6e >= 1 and per_world[2] == full - miss_6e - 1
+    assert report.total == 3 * full and report.reproduced == sum(per_world)
+    # the 6e pairs miss on two worlds, the 6c tie on one: "some"; everything else holds on all three
+    assert report.steadiness() == {"every": full - miss_6e - 1, "some": miss_6e + 1, "none": 0}
+    text = report.to_markdown()
+    assert text.startswith(f"# Ablation directions on 3 worlds: {sum(per_world)} of {3 * full} reproduced")
+    assert "| 6c: prompt_both/top1 > prompt_attributes/top1 | 56.6 vs 51.2 | 56.60 vs 51.20 yes | 56.60 vs 51.20 yes | 51.20 vs 51.20 tie |" in text
+    rows = [line for line in text.splitlines() if line.startswith("| 6")]
+    assert len(rows) == miss_6e + 1 and rows[0].startswith("| 6e: trained/A > untrained/A")  # fewest worlds first
+    data = report.to_dict()
+    assert data["reproduced"] == sum(per_world) and [w["label"] for w in data["worlds"]] == ["seed 0", "seed 1", "seed 2"]
+    assert sum(b["directions"] for b in data["by_paper_gap"]) == full
+
+
+def test_directions_across_tells_worlds_of_one_seed_apart(tmp_path):
+    from harness.directions import directions_across
+
+    reg = load_registry()
+    a = _write_results(tmp_path / "a", _ours(reg), 1)
+    b = _write_results(tmp_path / "b", _ours(reg), 1, config_hash="0123456789")
+    c = _write_results(tmp_path / "c", _ours(reg), 1, config_hash="0123456789")
+    labels = [w.label for w in directions_across([a, b, c], reg).worlds]
+    assert labels[0] == "seed 1 (4cc4a16e76)" and labels[1] == f"seed 1 (0123456789) ({b})" and labels[2].endswith(f"({c})")
+
+
+def test_cli_directions_prints_and_writes_the_report(tmp_path, capsys):
+    import json
+
+    from harness.cli import main
+
+    reg = load_registry()
+    d0 = _write_results(tmp_path / "r0", _ours(reg), 0)
+    d1 = _write_results(tmp_path / "r1", _ours(reg, {("6e", "trained", "A"): 50.0}), 1)
+    out = tmp_path / "rep" / "worlds.md"
+    assert main(["directions", str(d0), str(d1 / "table6_results.json"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("# Ablation directions on 2 worlds:") and out.read_text() == printed
+    assert json.loads(out.with_suffix(".json").read_text())["worlds"][1]["label"] == "seed 1"
+    assert main(["directions", str(d0), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["steadiness"]["none"] == 0
+    assert main(["directions", str(d0), str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "nowhere") in err and "table6_results.json" in err

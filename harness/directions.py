@@ -138,6 +138,16 @@ class DirectionReport:
             lines += ["", f"{unmeasured} more direction(s) need a cell we do not have at this scale."]
         return "\n".join(lines) + "\n"
 
+    def metrics(self) -> dict[str, float]:
+        """What the MLflow parent run of a table logs: the figure, and the reproduced share of each gap band
+        (``ablation_directions_gap_le0.5_share``, ``..._gap_0.5-2_share``, ``..._gap_gt2_share``, in %)."""
+        out = {"ablation_directions_reproduced": float(self.reproduced), "ablation_directions_total": float(self.total),
+               "ablation_directions_share": 100.0 * (self.share or 0.0)}
+        for band, n, m in self.by_gap():
+            slug = band.replace("<= ", "le").replace("> ", "gt")
+            out[f"ablation_directions_gap_{slug}_share"] = 100.0 * n / m
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return {"reproduced": self.reproduced, "total": self.total, "share": self.share,
                 "unmeasured": len(self.directions) - self.total,

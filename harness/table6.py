@@ -291,11 +291,7 @@ def run_table6(
     print(text, file=out)
     if kwargs.get("track", True) and drive.tracking_error is None:
         try:
-            metrics: dict[str, float] = {}
-            if directions is not None:
-                metrics = {"ablation_directions_reproduced": directions.reproduced,
-                           "ablation_directions_total": directions.total,
-                           "ablation_directions_share": 100.0 * (directions.share or 0.0)}
+            metrics: dict[str, float] = directions.metrics() if directions is not None else {}
             figures = results / "figures" / "table6"
             log_table_parent(results, tracking_uri, spec, scale, table_cells, artifacts, metrics,
                              figures if figures.is_dir() else None)

@@ -98,6 +98,11 @@ def test_gap_bands_split_the_directions_by_the_papers_margin():
     assert bands["<= 0.5"][0] < bands["<= 0.5"][1]
     assert "By the paper's gap between the two cells (points): <= 0.5:" in report.to_markdown()
     assert report.to_dict()["by_paper_gap"][0]["band"] == "<= 0.5"
+    metrics = report.metrics()
+    n, m = bands["<= 0.5"]
+    assert metrics["ablation_directions_gap_le0.5_share"] == pytest.approx(100.0 * n / m) and n < m
+    assert metrics["ablation_directions_gap_gt2_share"] == 100.0
+    assert metrics["ablation_directions_reproduced"] == report.reproduced and metrics["ablation_directions_total"] == report.total
 
 
 def _write_results(path, cells, seed, config_hash="4cc4a16e76"):

@@ -99,6 +99,11 @@ def test_table6_smoke_end_to_end(tmp_path):
     assert dirs["total"] == 46 and 0 <= dirs["reproduced"] <= 46 and len(dirs["misses"]) == 46 - dirs["reproduced"]
     assert f"Ablation directions: {dirs['reproduced']} of 46 reproduced" in text
     assert parents[0].data.metrics["ablation_directions_reproduced"] == dirs["reproduced"]
+    for band in dirs["by_paper_gap"]:  # and split by the paper's gap between the two cells
+        slug = band["band"].replace("<= ", "le").replace("> ", "gt")
+        assert parents[0].data.metrics[f"ablation_directions_gap_{slug}_share"] == pytest.approx(
+            100.0 * band["reproduced"] / band["total"])
+    assert sum(b["total"] for b in dirs["by_paper_gap"]) == 46
     children = tracker.client.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_RUN_ID}` != ''")
     assert sorted(r.data.tags[TAG_RUN_ID] for r in children) == sorted(r.run_id for r in plan.runs)
     assert all(r.info.status == "FINISHED" for r in children)

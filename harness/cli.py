@@ -6,6 +6,7 @@
     bikebench sync
     bikebench world build [--size default|test] [--root DIR] [--seed N]
     bikebench check [...]            (harness.check; options: add_check_arguments)
+    bikebench directions RESULTS [RESULTS ...] [--json] [--out FILE]   (harness.directions: worlds side by side)
     bikebench tune SWEEP [key=value ...] [--workers N] [--executor local|slurm|debug] [resources]   (harness.tuning)
     bikebench import official CKPT --out DIR | official-scores DIR --out DIR   (harness.importer)
     bikebench data check [SPEC --scale S | --format F --root DIR --list [SPLIT=]FILE --class-file F] [--decode all|sample N|none] ...
@@ -632,13 +633,13 @@ def cmd_directions(args: argparse.Namespace) -> int:
         report = directions_across(args.sources)
     except CheckError as exc:
         raise ConfigError(str(exc)) from None
-    text = json.dumps(report.to_dict(), indent=2) if args.json else report.to_markdown()
-    print(text, end="" if text.endswith("\n") else "\n")
+    markdown, data = report.to_markdown(), json.dumps(report.to_dict(), indent=2) + "\n"
+    print(data if args.json else markdown, end="")
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(report.to_markdown())
-        out.with_suffix(".json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        out.write_text(markdown)
+        out.with_suffix(".json").write_text(data)
     return 0
 
 

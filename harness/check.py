@@ -603,10 +603,9 @@ def check_main(
 
 def _directions_text(results: Sequence[ResultCell], registry: Optional[Registry]) -> str:
     """The ablation-direction summary of the Table 6 cells among ``results`` (harness.directions), or ""."""
-    from harness.directions import ablation_directions
+    from harness.directions import ablation_directions, table6_cells
 
-    cells = [{"table": c.table, "row": c.row, "column": c.column, "value": c.value, "variant": c.variant}
-             for c in results if str(c.table).startswith("6") and not c.derived]
+    cells = table6_cells(results)
     if not cells:
         return ""
     report = ablation_directions(cells, registry)

@@ -164,6 +164,14 @@ def _published(registry: Registry, tables: Iterable[str]) -> dict[str, list[Pape
     return out
 
 
+def table6_cells(results: Iterable[Any]) -> list[dict[str, Any]]:
+    """The Table 6 cells (sub-tables ``6a`` … ``6i``, gain columns left out) of loaded results
+    (:class:`harness.cells.ResultCell`, e.g. from :func:`harness.check.load_results`) as the dicts
+    :func:`ablation_directions` reads."""
+    return [{"table": c.table, "row": c.row, "column": c.column, "value": c.value, "variant": c.variant}
+            for c in results if str(c.table).startswith("6") and not c.derived]
+
+
 def ablation_directions(
     cells: Sequence[Mapping[str, Any]],
     registry: Optional[Registry] = None,
@@ -328,8 +336,7 @@ def directions_across(sources: Sequence[Any], registry: Optional[Registry] = Non
         if not Path(source).exists():
             raise CheckError(f"{source}: no such results directory or file; expected a directory written by "
                              "`bikebench table6` (it holds table6_results.json) or that file")
-        cells = [{"table": c.table, "row": c.row, "column": c.column, "value": c.value, "variant": c.variant}
-                 for c in load_results(source) if str(c.table).startswith("6") and not c.derived]
+        cells = table6_cells(load_results(source))
         world = results_world(source)
         worlds.append(WorldTable(_world_label(world, str(source)), str(source), world,
                                  ablation_directions(cells, registry)))

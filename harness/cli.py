@@ -628,10 +628,11 @@ def cmd_directions(args: argparse.Namespace) -> int:
 
     from harness.cells import CheckError
     from harness.directions import directions_across
+    from harness.significance import SignificanceError
 
     try:
         report = directions_across(args.sources)
-    except CheckError as exc:
+    except (CheckError, SignificanceError) as exc:
         raise ConfigError(str(exc)) from None
     markdown, data = report.to_markdown(), json.dumps(report.to_dict(), indent=2) + "\n"
     print(data if args.json else markdown, end="")

@@ -14,16 +14,21 @@ hold on every world, which on some, which on none (``bikebench directions RESULT
 Each report also breaks the directions down by the paper's gap between the two cells
 (:data:`GAP_BANDS`): the paper's ablations are single training runs, so its smallest gaps are of the
 size by which two runs of one setting differ, and a direction resting on such a gap is one a smoke
-table (384 validation videos, 20 steps) cannot be expected to resolve.
+table (384 validation videos, 20 steps) cannot be expected to resolve. Where the runs cached their
+scores, each direction also carries a paired test on the validation videos (``DirectionReport.tests``,
+:mod:`harness.significance`): resolved the paper's way, against it, or within the noise.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence
 
 from harness.registry import PaperEntry, Registry, load_registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harness.significance import PairedTest
 
 #: Upper bounds (points) of the bands of the paper's gap in which :meth:`DirectionReport.by_gap` counts
 #: the directions; the last band is everything above the last bound.
@@ -85,6 +90,10 @@ class DirectionReport:
     """Every direction of the compared tables, and the summary line."""
 
     directions: list[Direction] = field(default_factory=list)
+    #: McNemar's test of each direction on the validation videos (:func:`harness.significance.resolve_directions`)
+    tests: dict[tuple[str, str, str, str], "PairedTest"] = field(default_factory=dict)
+    #: why some direction is untested (the first reason), when one is
+    untested: Optional[str] = None
 
     @property
     def measurable(self) -> list[Direction]:
@@ -125,14 +134,47 @@ class DirectionReport:
         parts = [f"{band}: {n} of {m}" for band, n, m in self.by_gap()]
         return "By the paper's gap between the two cells (points): " + ", ".join(parts) + "." if parts else ""
 
+    def resolution(self) -> dict[str, int]:
+        """How many tested directions each verdict of :class:`harness.significance.PairedTest` holds
+        (``paper``, ``against``, ``noise``), and how many measurable ones are ``untested``."""
+        out = {"paper": 0, "against": 0, "noise": 0, "untested": 0}
+        for d in self.measurable:
+            test = self.tests.get(d.key)
+            out["untested" if test is None else test.verdict] += 1
+        return out
+
+    def resolution_line(self) -> str:
+        """E.g. ``On the 384 validation videos (McNemar's exact test, α = 0.05): 30 directions resolved the
+        paper's way, 3 against it, 13 within the noise.``; empty when nothing was tested."""
+        if not self.tests:
+            return ""
+        from harness.significance import ALPHA
+
+        r = self.resolution()
+        videos = sorted({t.n_videos for t in self.tests.values()})
+        on = f"the {videos[0]} validation videos" if len(videos) == 1 else "the validation videos"
+        line = (f"On {on} (McNemar's exact test, α = {ALPHA:g}): {r['paper']} direction(s) resolved the paper's way, "
+                f"{r['against']} against it, {r['noise']} within the noise")
+        if r["untested"]:
+            line += f"; {r['untested']} untested ({self.untested})"
+        return line + "."
+
+    def describe(self, d: Direction) -> str:
+        """:meth:`Direction.describe`, with its test when it has one."""
+        test = self.tests.get(d.key)
+        text = d.describe()
+        return text if test is None else f"{text[:-1]}; {test.describe()})"
+
     def to_markdown(self) -> str:
         lines = [f"## {self.headline()}", "",
                  "Each pair of rows within a column and of columns within a row whose published values differ; "
                  "ours reproduces the pair when it orders the two cells the same way (a tie is a miss)."]
         if self.total:
             lines += ["", self.gap_line()]
+        if self.tests:
+            lines += ["", self.resolution_line()]
         if self.misses:
-            lines += ["", "Missed:", ""] + [f"- {d.describe()}" for d in self.misses]
+            lines += ["", "Missed:", ""] + [f"- {self.describe(d)}" for d in self.misses]
         unmeasured = len(self.directions) - self.total
         if unmeasured:
             lines += ["", f"{unmeasured} more direction(s) need a cell we do not have at this scale."]
@@ -146,13 +188,23 @@ class DirectionReport:
         for band, n, m in self.by_gap():
             slug = band.replace("<= ", "le").replace("> ", "gt")
             out[f"ablation_directions_gap_{slug}_share"] = 100.0 * n / m
+        if self.tests:
+            r = self.resolution()
+            out["ablation_directions_resolved_paper"] = float(r["paper"])
+            out["ablation_directions_resolved_against"] = float(r["against"])
+            out["ablation_directions_within_noise"] = float(r["noise"])
         return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"reproduced": self.reproduced, "total": self.total, "share": self.share,
                 "unmeasured": len(self.directions) - self.total,
                 "by_paper_gap": [{"band": b, "reproduced": n, "total": m} for b, n, m in self.by_gap()],
-                "misses": [{**asdict(d), "reproduced": False} for d in self.misses]}
+                "misses": [{**asdict(d), "reproduced": False,
+                            **({"test": self.tests[d.key].to_dict()} if d.key in self.tests else {})} for d in self.misses],
+                "resolution": self.resolution() if self.tests else None,
+                "tests": [{"table": d.table, "axis": d.axis, "higher": d.higher, "lower": d.lower,
+                           "reproduced": d.reproduced, **self.tests[d.key].to_dict()}
+                          for d in self.measurable if d.key in self.tests]}
 
 
 def _published(registry: Registry, tables: Iterable[str]) -> dict[str, list[PaperEntry]]:
@@ -168,7 +220,8 @@ def table6_cells(results: Iterable[Any]) -> list[dict[str, Any]]:
     """The Table 6 cells (sub-tables ``6a`` … ``6i``, gain columns left out) of loaded results
     (:class:`harness.cells.ResultCell`, e.g. from :func:`harness.check.load_results`) as the dicts
     :func:`ablation_directions` reads."""
-    return [{"table": c.table, "row": c.row, "column": c.column, "value": c.value, "variant": c.variant}
+    return [{"table": c.table, "row": c.row, "column": c.column, "value": c.value, "variant": c.variant,
+             "run_id": c.run_id, "metric": c.metric}
             for c in results if str(c.table).startswith("6") and not c.derived]
 
 
@@ -271,14 +324,37 @@ class WorldsReport:
             a[3] += len(present)
         return [(band, *v) for band, v in acc.items()]  # type: ignore[misc]
 
+    def resolved_against(self) -> list[tuple[Direction, list[str]]]:
+        """The directions some world resolves against the paper (:mod:`harness.significance`), with those
+        worlds' labels; most worlds first. These are the misses the validation videos vouch for."""
+        out = []
+        for d, cells in self.rows():
+            labels = [w.label for c, w in zip(cells, self.worlds)
+                      if c is not None and (t := w.report.tests.get(c.key)) is not None and t.verdict == "against"]
+            if labels:
+                out.append((d, labels))
+        return sorted(out, key=lambda r: -len(r[1]))
+
     def to_markdown(self) -> str:
         s = self.steadiness()
         lines = [f"# {self.headline()}", "",
                  "Each world's Table 6 against the paper's directions (`harness.directions`: a pair of rows within a "
                  "column or of columns within a row whose published values differ; a tie is a miss).", "",
-                 "| world | results | reproduced |", "|---|---|---|"]
+                 "| world | results | reproduced | resolved the paper's way / against / within the noise |", "|---|---|---|---|"]
         for w in self.worlds:
-            lines.append(f"| {w.label} | `{w.source}` | {w.report.reproduced} of {w.report.total} |")
+            r = w.report.resolution()
+            tested = (f"{r['paper']} / {r['against']} / {r['noise']}" + (f" ({r['untested']} untested)" if r["untested"] else "")
+                      if w.report.tests else f"untested ({w.report.untested or 'no run caches'})")
+            lines.append(f"| {w.label} | `{w.source}` | {w.report.reproduced} of {w.report.total} | {tested} |")
+        from harness.significance import ALPHA
+
+        lines += ["", "Resolved: McNemar's exact test on the validation videos each cell was scored on (the videos only "
+                      f"one of the two cells gets right), p < {ALPHA:g} (`harness.significance`); within the noise, the videos "
+                      "cannot tell the two cells apart, and a miss there says nothing about the method."]
+        against = self.resolved_against()
+        if against:
+            lines += ["", f"Resolved against the paper on some world ({len(against)}): "
+                      + "; ".join(f"{d.name()} ({', '.join(labels)})" for d, labels in against) + "."]
         lines += ["", f"Directions measurable on every world: {sum(s.values())}; reproduced on every world {s['every']}, "
                       f"on some {s['some']}, on none {s['none']}.", "",
                   "By the paper's gap between the two cells (points):", "",
@@ -293,8 +369,9 @@ class WorldsReport:
                       "|---|---|" + "---|" * len(self.worlds)]
             for d, cells in missed:
                 ours = [("–" if c is None else f"{c.ours_higher:.2f} vs {c.ours_lower:.2f} "
-                         f"{'yes' if c.reproduced else 'tie' if c.ours_higher == c.ours_lower else 'no'}")
-                        for c in cells]
+                         f"{'yes' if c.reproduced else 'tie' if c.ours_higher == c.ours_lower else 'no'}"
+                         + _p_note(w.report.tests.get(c.key)))
+                        for c, w in zip(cells, self.worlds)]
                 lines.append(f"| {d.name()} | {d.paper_higher:g} vs {d.paper_lower:g} | " + " | ".join(ours) + " |")
         return "\n".join(lines) + "\n"
 
@@ -302,14 +379,29 @@ class WorldsReport:
         return {
             "reproduced": self.reproduced, "total": self.total, "share": self.share, "steadiness": self.steadiness(),
             "worlds": [{"label": w.label, "source": w.source, "world": w.world, **w.report.to_dict()} for w in self.worlds],
+            "resolved_against": [{"table": d.table, "axis": d.axis, "higher": d.higher, "lower": d.lower, "worlds": labels}
+                                 for d, labels in self.resolved_against()],
             "by_paper_gap": [{"band": b, "directions": n, "on_every_world": e, "reproduced": r, "total": m}
                              for b, n, e, r, m in self.by_gap()],
             "directions": [{"table": d.table, "axis": d.axis, "higher": d.higher, "lower": d.lower,
                             "paper_higher": d.paper_higher, "paper_lower": d.paper_lower,
                             "ours": [None if c is None else {"higher": c.ours_higher, "lower": c.ours_lower,
-                                                            "reproduced": c.reproduced} for c in cells]}
+                                                            "reproduced": c.reproduced,
+                                                            "test": _test_dict(w.report.tests.get(c.key))}
+                                     for c, w in zip(cells, self.worlds)]}
                            for d, cells in self.rows()],
         }
+
+
+def _p_note(test: Optional["PairedTest"]) -> str:
+    """`` (p 0.012)`` after a world's cell of the missed table; nothing when untested."""
+    if test is None:
+        return ""
+    return " (p < 0.001)" if test.p_value < 0.001 else f" (p {test.p_value:.3f})"
+
+
+def _test_dict(test: Optional["PairedTest"]) -> Optional[dict[str, Any]]:
+    return None if test is None else test.to_dict()
 
 
 def _world_label(world: Optional[Mapping[str, Any]], source: str) -> str:
@@ -327,6 +419,7 @@ def directions_across(sources: Sequence[Any], registry: Optional[Registry] = Non
 
     from harness.cells import CheckError
     from harness.check import load_results, results_world
+    from harness.significance import resolve_directions
 
     if not sources:
         raise CheckError("directions: no results given; expected results directories written by `bikebench table6`")
@@ -338,8 +431,9 @@ def directions_across(sources: Sequence[Any], registry: Optional[Registry] = Non
                              "`bikebench table6` (it holds table6_results.json) or that file")
         cells = table6_cells(load_results(source))
         world = results_world(source)
-        worlds.append(WorldTable(_world_label(world, str(source)), str(source), world,
-                                 ablation_directions(cells, registry)))
+        report = ablation_directions(cells, registry)
+        resolve_directions(report, cells, source if Path(source).is_dir() else Path(source).parent)
+        worlds.append(WorldTable(_world_label(world, str(source)), str(source), world, report))
     labels = [w.label for w in worlds]
     for w in worlds:
         if labels.count(w.label) > 1 and w.world and w.world.get("config_hash"):

@@ -322,7 +322,7 @@ def _write_table(results: Path, out: TableOutput, drive: DriveResult, scale: str
     if tid == "6":
         from harness.table6 import table6_directions
 
-        directions = table6_directions(out.cells)
+        directions = table6_directions(out.cells, results)
         if directions is not None:
             doc["directions"] = directions.to_dict()
             out.markdown = out.markdown.rstrip("\n") + "\n\n" + directions.to_markdown()

@@ -215,12 +215,25 @@ def study_lambda_cells(
     return out, notes + checks
 
 
-def table6_directions(cells: Sequence[Mapping[str, Any]]) -> "Optional[DirectionReport]":
-    """The ablation directions of our Table 6 cells (:mod:`harness.directions`); None when none is measurable."""
+def table6_directions(cells: Sequence[Mapping[str, Any]], results: "str | Path | None" = None) -> "Optional[DirectionReport]":
+    """The ablation directions of our Table 6 cells (:mod:`harness.directions`); None when none is measurable.
+
+    With ``results`` each direction is also tested on the validation videos from its runs' cached scores
+    (:func:`harness.significance.resolve_directions`); a cache that contradicts its cell leaves the
+    directions untested, the reason in ``untested`` (the table is still written)."""
     from harness.directions import ablation_directions
+    from harness.significance import SignificanceError, resolve_directions
 
     report = ablation_directions(cells)
-    return report if report.total else None
+    if not report.total:
+        return None
+    if results is not None:
+        try:
+            resolve_directions(report, cells, results)
+        except SignificanceError as exc:
+            report.tests.clear()
+            report.untested = str(exc)
+    return report
 
 
 def run_table6(
@@ -256,7 +269,7 @@ def run_table6(
     results_path = results / TABLE6_RESULTS
     missing_path = results / TABLE6_MISSING
     document = drive.results_document(scale)
-    directions = table6_directions(drive.cells)
+    directions = table6_directions(drive.cells, results)
     if directions is not None:
         document["directions"] = directions.to_dict()
     atomic_write_json(results_path, document)

@@ -104,6 +104,8 @@ def test_table6_smoke_end_to_end(tmp_path):
         assert parents[0].data.metrics[f"ablation_directions_gap_{slug}_share"] == pytest.approx(
             100.0 * band["reproduced"] / band["total"])
     assert sum(b["total"] for b in dirs["by_paper_gap"]) == 46
+    # the stand-in engine caches no scores: no direction can be tested, and the report says none was
+    assert dirs["resolution"] is None and dirs["tests"] == [] and "McNemar" not in text
     children = tracker.client.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_RUN_ID}` != ''")
     assert sorted(r.data.tags[TAG_RUN_ID] for r in children) == sorted(r.run_id for r in plan.runs)
     assert all(r.info.status == "FINISHED" for r in children)
@@ -382,10 +384,13 @@ def cached_engine(calls: list):
     and result.json's fused_top1 is what evaluation computes from them at the run's own λ."""
 
     def run(config, run_dir):
+        from bike.metrics import topk_accuracy
+
         calls.append(Path(run_dir).name)
         seed = int(config.content_hash()[:6], 16)
         written = _write_cached_run(Path(run_dir), config, seed=seed, n=60)
-        metrics = {**written["metrics"], "attr_top1": 20.0 + seed % 17}
+        attr_top1 = float(topk_accuracy(written["s_a"], written["labels"], ks=(1,))["top1"])
+        metrics = {**written["metrics"], "attr_top1": attr_top1}
         (Path(run_dir) / "result.json").write_text(json.dumps({"status": "done", "run_id": config.content_hash(),
                                                                "metrics": metrics, "counts": {"evaluated": 60}}))
         return {"status": "done"}
@@ -404,6 +409,11 @@ def test_table6_lambda_from_a_study_end_to_end(tmp_path):
                   job_targets={"train": engine, "evaluate": engine})
     assert run_table6(**kwargs, out=io.StringIO()).ok
     fixed_cells = json.loads((results / "table6_results.json").read_text())["cells"]
+    # every direction tested on the videos from the runs' caches (harness.significance): 60 videos, 3 unlabelled
+    dirs = json.loads((results / "table6_results.json").read_text())["directions"]
+    assert dirs["resolution"]["untested"] == 0 and sum(dirs["resolution"].values()) == dirs["total"] == len(dirs["tests"])
+    assert all(t["n_videos"] == 57 for t in dirs["tests"])
+    assert "On the 57 validation videos (McNemar's exact test, α = 0.05): " in (results / "table6.md").read_text()
     assert not (results / TABLE6_LAMBDA).exists()
     n_runs = len(calls)
     _write_best(results / "studies/lambda_k_world_general/best.json", 0.2)

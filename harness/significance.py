@@ -1,0 +1,196 @@
+"""Is a direction of our table resolved, or within the noise of its validation videos?
+
+Two cells of one table are two classifiers scored on the same validation videos, so whether their
+order is more than chance is a paired question: McNemar's exact test on the videos one cell gets
+right and the other wrong (``b``: only the paper's higher cell right; ``c``: only the lower one).
+Under "no difference" ``b ~ Binomial(b + c, 1/2)``; the two-sided p-value is
+``min(1, 2 · Σ_{i ≤ min(b, c)} C(b + c, i) / 2^(b + c))``, and 1 when ``b + c = 0``. A direction is
+
+- ``paper``: ours orders the two cells the paper's way and p < α (resolved, reproduced);
+- ``against``: ours orders them the other way and p < α (resolved, a real miss);
+- ``noise``: p ≥ α, ties included (the validation videos cannot tell the two cells apart).
+
+The per-video hits come from the runs' cached scores (``<results>/runs/<run_id>/cache/<eval.split>/``,
+:func:`harness.tuning.load_score_cache`): ``video_top1`` from the video scores, ``attr_top1`` from the
+attribute scores, ``fused_top1`` from the two fused at the run's own λ and transform
+(:class:`harness.tuning.FusionProblem`, evaluation's fusion). Each recomputed cell must equal the
+table's value; a cache that does not is an error naming it, never a silent test of other numbers.
+
+``bikebench table6`` and ``bikebench directions`` attach these tests to their direction reports
+(:func:`resolve_directions`): a smoke table's miss that is ``noise`` says nothing about the method; one
+that is ``against`` does, and a change that turns a ``paper`` direction into ``against`` is an alarm.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from harness.directions import DirectionReport
+
+#: Significance level of :attr:`PairedTest.verdict`.
+ALPHA = 0.05
+#: The cell metrics a per-video hit can be recomputed for, and the scores each is the top-1 of.
+HIT_METRICS = {"video_top1": "video", "attr_top1": "attr", "fused_top1": "fused"}
+VERDICTS = ("paper", "against", "noise")
+
+
+class SignificanceError(ValueError):
+    """A run's cache contradicts the table it is meant to explain (names the file and both values)."""
+
+
+def mcnemar_p(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value of ``b`` against ``c`` discordant pairs (1.0 when there are none)."""
+    if b < 0 or c < 0:
+        raise ValueError(f"mcnemar_p: counts must be >= 0, got b={b}, c={c}")
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1))
+    return min(1.0, 2.0 * tail / 2.0 ** n)
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """The paired test of one direction: the paper's ``higher`` cell against its ``lower`` one."""
+
+    n_videos: int
+    higher_only: int  # videos only the paper's higher cell gets right
+    lower_only: int  # videos only the paper's lower cell gets right
+    p_value: float
+
+    @property
+    def verdict(self) -> str:
+        """``paper`` / ``against`` (resolved at :data:`ALPHA`) or ``noise``."""
+        if self.p_value < ALPHA and self.higher_only != self.lower_only:
+            return "paper" if self.higher_only > self.lower_only else "against"
+        return "noise"
+
+    def describe(self) -> str:
+        """E.g. ``12 vs 31 videos, p = 0.005: resolved against the paper``."""
+        p = "p < 0.001" if self.p_value < 0.001 else f"p = {self.p_value:.3f}"
+        what = {"paper": "resolved the paper's way", "against": "resolved against the paper",
+                "noise": "within the noise"}[self.verdict]
+        return f"{self.higher_only} vs {self.lower_only} videos, {p}: {what}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n_videos": self.n_videos, "higher_only": self.higher_only, "lower_only": self.lower_only,
+                "p_value": self.p_value, "verdict": self.verdict}
+
+
+@dataclass(frozen=True)
+class CellHits:
+    """Per-video top-1 hits of one cell: ``hits[i]`` for ``video_ids[i]``."""
+
+    video_ids: tuple[str, ...]
+    hits: np.ndarray  # [N] bool
+    source: str  # the cache directory they were recomputed from
+
+
+def paired_test(higher: CellHits, lower: CellHits) -> PairedTest:
+    """McNemar's exact test of two cells scored on the same videos (joined by video id, never by row)."""
+    if set(higher.video_ids) != set(lower.video_ids) or len(higher.video_ids) != len(lower.video_ids):
+        raise SignificanceError(
+            f"{higher.source} and {lower.source}: the two cells were scored on different videos "
+            f"({len(higher.video_ids)} and {len(lower.video_ids)}); a paired test needs the same videos")
+    row = {v: i for i, v in enumerate(lower.video_ids)}
+    other = lower.hits[[row[v] for v in higher.video_ids]]
+    b = int(np.count_nonzero(higher.hits & ~other))
+    c = int(np.count_nonzero(~higher.hits & other))
+    return PairedTest(len(higher.video_ids), b, c, mcnemar_p(b, c))
+
+
+class _HitReader:
+    """Recomputes cells' per-video hits from their runs' caches (each run's cache read once)."""
+
+    def __init__(self, results: Path):
+        self.results = results
+        self._caches: dict[str, Any] = {}
+
+    def _cache(self, run_id: str) -> Any:
+        from bike.config import RunConfig
+        from bike.rundir import CONFIG_FILE
+        from harness.rundir import RunDir
+        from harness.tuning import load_score_cache
+
+        if run_id not in self._caches:
+            run_dir = RunDir.for_run(self.results, run_id).path
+            if not (run_dir / CONFIG_FILE).is_file():
+                raise FileNotFoundError(f"{run_dir / CONFIG_FILE}: no such run configuration")
+            config = RunConfig.from_yaml(run_dir / CONFIG_FILE)
+            self._caches[run_id] = load_score_cache(run_dir, config.eval.split)
+        return self._caches[run_id]
+
+    def hits(self, cell: Mapping[str, Any]) -> CellHits:
+        from bike.metrics import topk_accuracy_rows
+        from harness.tuning import FusionProblem
+
+        where = f"cell {cell['table']}/{cell['row']}/{cell['column']}"
+        kind = HIT_METRICS.get(str(cell.get("metric")))
+        if kind is None or not cell.get("run_id"):
+            raise LookupError(f"{where}: metric {cell.get('metric')!r} of run {cell.get('run_id')!r} has no per-video "
+                              f"hits (expected one of {sorted(HIT_METRICS)} and a run id)")
+        cache = self._cache(str(cell["run_id"]))
+        labels = np.asarray(cache.labels)
+        if labels.ndim != 1:
+            raise LookupError(f"{cache.directory}: multi-label targets; a top-1 hit needs one class per video")
+        keep = np.flatnonzero(labels >= 0)
+        if kind == "fused":
+            config = cache.config
+            scores = FusionProblem(cache, default_transform=config.fusion.transform).fused(config.fusion_lambda)
+        else:
+            array = cache.video_scores if kind == "video" else cache.attr_scores
+            if array is None:
+                raise LookupError(f"{cache.directory}: no {kind} scores cached")
+            scores = np.asarray(array, dtype=np.float64)[keep]
+        hits = topk_accuracy_rows(np.asarray(scores, dtype=np.float64), labels[keep].astype(np.int64), 1)
+        value = 100.0 * float(hits.mean()) if hits.size else float("nan")
+        if not math.isclose(value, float(cell["value"]), rel_tol=0.0, abs_tol=1e-6):
+            raise SignificanceError(
+                f"{cache.directory}: {where} (run {cell['run_id']}, {cell['metric']}) recomputes to {value:.6f} from the "
+                f"cached scores but the table gives {float(cell['value']):.6f}; the cache is not the run's evaluation")
+        ids = tuple(str(cache.video_ids[i]) for i in keep)
+        return CellHits(ids, hits, str(cache.directory))
+
+
+def resolve_directions(report: "DirectionReport", cells: Sequence[Mapping[str, Any]], results: str | Path) -> "DirectionReport":
+    """Attach a :class:`PairedTest` to every measurable direction of ``report`` whose two cells' runs are
+    cached under ``results`` (``report.tests``, keyed by :attr:`harness.directions.Direction.key`).
+
+    A direction whose cells cannot be recomputed (no run id, no cache, a multi-label run) is left
+    untested, the first reason in ``report.untested``; a cache that contradicts its cell raises
+    :class:`SignificanceError`. Returns ``report``.
+    """
+    by_key = {(str(c["table"]), str(c["row"]), str(c["column"])): c
+              for c in cells if c.get("value") is not None and not c.get("variant")}
+    reader = _HitReader(Path(results))
+    hits: dict[tuple[str, str, str], Optional[CellHits]] = {}
+
+    def cell_hits(table: str, name: str) -> Optional[CellHits]:
+        row, column = name.split("/", 1)
+        key = (table, row, column)
+        if key not in hits:
+            try:
+                hits[key] = reader.hits(by_key[key])
+            except (LookupError, FileNotFoundError, OSError) as exc:
+                hits[key] = None
+                if report.untested is None:
+                    report.untested = str(exc)
+            except ValueError as exc:  # an unreadable cache (CacheError), not a contradiction
+                if isinstance(exc, SignificanceError):
+                    raise
+                hits[key] = None
+                if report.untested is None:
+                    report.untested = str(exc)
+        return hits[key]
+
+    for d in report.measurable:
+        hi, lo = cell_hits(d.table, d.higher), cell_hits(d.table, d.lower)
+        if hi is not None and lo is not None:
+            report.tests[d.key] = paired_test(hi, lo)
+    return report

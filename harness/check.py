@@ -587,7 +587,7 @@ def check_main(
         print(f"error: {exc}", file=err)
         return 2
     code = 0
-    directions = _directions_text(results, registry)
+    directions = _directions_text(results, registry, results_path)
     if directions:
         print(directions, file=out)
     for report in reports:
@@ -601,15 +601,27 @@ def check_main(
     return code
 
 
-def _directions_text(results: Sequence[ResultCell], registry: Optional[Registry]) -> str:
-    """The ablation-direction summary of the Table 6 cells among ``results`` (harness.directions), or ""."""
+def _directions_text(results: Sequence[ResultCell], registry: Optional[Registry], source: Any = None) -> str:
+    """The ablation-direction summary of the Table 6 cells among ``results`` (harness.directions), or "".
+    When ``source`` is a results directory or a file in one, each direction is also tested on the
+    validation videos of its runs' caches (:mod:`harness.significance`); a cache that contradicts its cell
+    leaves them untested, with the reason."""
     from harness.directions import ablation_directions, table6_cells
+    from harness.significance import SignificanceError, resolve_directions
 
     cells = table6_cells(results)
     if not cells:
         return ""
     report = ablation_directions(cells, registry)
-    return report.to_markdown() if report.total else ""
+    if not report.total:
+        return ""
+    if isinstance(source, (str, Path)):
+        try:
+            resolve_directions(report, cells, Path(source) if Path(source).is_dir() else Path(source).parent)
+        except SignificanceError as exc:
+            report.tests.clear()
+            report.untested = str(exc)
+    return report.to_markdown()
 
 
 def _pick(specific: Any, general: Any, from_file: Optional[Tolerances], default: float) -> Any:

@@ -173,6 +173,8 @@ class DirectionReport:
             lines += ["", self.gap_line()]
         if self.tests:
             lines += ["", self.resolution_line()]
+        elif self.untested:
+            lines += ["", f"Not tested on the validation videos: {self.untested}"]
         if self.misses:
             lines += ["", "Missed:", ""] + [f"- {self.describe(d)}" for d in self.misses]
         unmeasured = len(self.directions) - self.total

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -169,3 +170,24 @@ def test_directions_across_worlds_reports_the_tests(tmp_path, capsys):
     (results / "table6_results.json").write_text(json.dumps({"scale": "smoke", "world": {"seed": 0}, "cells": cells}))
     assert main(["directions", str(results)]) == 2
     assert "recomputes to" in capsys.readouterr().err
+
+
+def test_check_tests_the_directions_of_a_results_directory(tmp_path):
+    from harness.check import check_main as run_check
+
+    results, cells, _ = _table6e(tmp_path)
+    path = results / "table6_results.json"
+    path.write_text(json.dumps({"scale": "smoke", "cells": [{**c, "scale": "smoke"} for c in cells]}))
+    err = io.StringIO()
+    assert run_check(path, baseline_path=tmp_path / "b.json", bless=True, out=io.StringIO(), err=err) == 0
+    out = io.StringIO()
+    assert run_check(path, baseline_path=tmp_path / "b.json", out=out, err=err) == 0
+    report = resolve_directions(ablation_directions(cells), cells, results)
+    assert report.resolution_line() and report.resolution_line() in out.getvalue()
+    # a cache that contradicts its cell: the check still runs, the directions say why they are untested
+    path.write_text(json.dumps({"scale": "smoke", "cells": [{**c, "scale": "smoke", "value": c["value"] + 0.5}
+                                                            for c in cells]}))
+    out = io.StringIO()
+    run_check(path, baseline_path=tmp_path / "b.json", out=out, err=err)
+    assert "McNemar" not in out.getvalue() and "Ablation directions:" in out.getvalue()
+    assert "Not tested on the validation videos: " in out.getvalue() and "recomputes to" in out.getvalue()

@@ -223,9 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="regression check against the paper / the blessed baseline")
     add_check_arguments(p)
 
-    p = sub.add_parser("directions", help="the ablation directions of several worlds' Table 6, side by side")
+    p = sub.add_parser("directions", help="the ablation directions of several worlds' Table 6, side by side",
+                       description="Each world's Table 6 against the paper's ablation directions, side by side; each "
+                                   "direction is tested on the validation videos from the runs' cached scores "
+                                   "(McNemar's exact test: resolved the paper's way, against it, or within the noise).")
     p.add_argument("sources", nargs="+", metavar="RESULTS",
-                   help="results directories written by `bikebench table6 --world-seed N` (or their table6_results.json)")
+                   help="results directories written by `bikebench table6 --world-seed N` (or their table6_results.json; "
+                        "the runs under the same directory give the tests)")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of markdown")
     p.add_argument("--out", default=None, metavar="FILE", help="also write the markdown report (and FILE.json beside it)")
 

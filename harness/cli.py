@@ -7,6 +7,7 @@
     bikebench world build [--size default|test] [--root DIR] [--seed N]
     bikebench check [...]            (harness.check; options: add_check_arguments)
     bikebench directions RESULTS [RESULTS ...] [--json] [--out FILE]   (harness.directions: worlds side by side)
+    bikebench compare BEFORE AFTER [--json] [--out FILE]   (harness.significance: two tables of one world, cell by cell)
     bikebench tune SWEEP [key=value ...] [--workers N] [--executor local|slurm|debug] [resources]   (harness.tuning)
     bikebench import official CKPT --out DIR | official-scores DIR --out DIR   (harness.importer)
     bikebench data check [SPEC --scale S | --format F --root DIR --list [SPLIT=]FILE --class-file F] [--decode all|sample N|none] ...
@@ -232,6 +233,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "the runs under the same directory give the tests)")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of markdown")
     p.add_argument("--out", default=None, metavar="FILE", help="also write the markdown report (and FILE.json beside it)")
+
+    p = sub.add_parser("compare", help="two tables of one world, cell by cell: which cells a change moved beyond the noise",
+                       description="Every cell two results share (e.g. Table 6 before and after a change of the method, "
+                                   "on one world), tested on the validation videos both versions scored from the runs' "
+                                   "cached scores (McNemar's exact test, p < 0.05): better, worse, or within the noise.")
+    p.add_argument("before", metavar="BEFORE", help="results directory (or results file) of the first table")
+    p.add_argument("after", metavar="AFTER", help="results directory (or results file) of the second table, same world")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON instead of markdown")
+    p.add_argument("--out", default=None, metavar="FILE", help="also write the markdown (and FILE.json beside it)")
 
     p = sub.add_parser("tune", help="Optuna study on cached scores")
     p.add_argument("sweep")
@@ -648,6 +658,26 @@ def cmd_directions(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from harness.cells import CheckError
+    from harness.significance import SignificanceError, compare_tables
+
+    try:
+        comparison = compare_tables(args.before, args.after)
+    except (CheckError, SignificanceError) as exc:
+        raise ConfigError(str(exc)) from None
+    markdown, data = comparison.to_markdown(), json.dumps(comparison.to_dict(), indent=2) + "\n"
+    print(data if args.json else markdown, end="")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(markdown)
+        out.with_suffix(".json").write_text(data)
+    return 0
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from harness.tracking import resolve_tracking_uri
     from harness.tuning import tune_main
@@ -758,7 +788,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 COMMANDS = {
     "ui": cmd_ui,
     "run": cmd_run, "rehearse": cmd_rehearse, "table6": cmd_table6, "table": cmd_table, "paper": cmd_paper, "status": cmd_status, "sync": cmd_sync, "world": cmd_world,
-    "check": cmd_check, "directions": cmd_directions, "tune": cmd_tune, "mlflow-uri": cmd_mlflow_uri, "import": cmd_import, "data": cmd_data,
+    "check": cmd_check, "directions": cmd_directions, "compare": cmd_compare, "tune": cmd_tune, "mlflow-uri": cmd_mlflow_uri, "import": cmd_import, "data": cmd_data,
 }
 
 

@@ -194,3 +194,111 @@ def resolve_directions(report: "DirectionReport", cells: Sequence[Mapping[str, A
         if hi is not None and lo is not None:
             report.tests[d.key] = paired_test(hi, lo)
     return report
+
+
+# ------------------------------------------------------------------ two tables of one world, cell by cell
+@dataclass(frozen=True)
+class CellChange:
+    """One cell in two tables of the same world: ``before`` and ``after`` a change, and their paired test
+    (``test.higher_only``: videos only ``after`` gets right; ``lower_only``: only ``before``)."""
+
+    key: str  # table/row/column[#variant]
+    before: float
+    after: float
+    test: Optional[PairedTest] = None
+    reason: Optional[str] = None  # why untested
+
+    @property
+    def verdict(self) -> str:
+        """``better`` / ``worse`` (resolved at :data:`ALPHA`), ``noise``, or ``untested``."""
+        if self.test is None:
+            return "untested"
+        return {"paper": "better", "against": "worse", "noise": "noise"}[self.test.verdict]
+
+
+@dataclass
+class TableComparison:
+    """Every cell two tables share, tested on the videos both scored (:func:`compare_tables`)."""
+
+    before: str
+    after: str
+    changes: list[CellChange]
+    only_before: list[str]
+    only_after: list[str]
+
+    def counts(self) -> dict[str, int]:
+        out = {"better": 0, "worse": 0, "noise": 0, "untested": 0}
+        for c in self.changes:
+            out[c.verdict] += 1
+        return out
+
+    def headline(self) -> str:
+        n = self.counts()
+        return (f"{len(self.changes)} cell(s): {n['better']} better, {n['worse']} worse (McNemar's exact test, p < {ALPHA:g}), "
+                f"{n['noise']} within the noise" + (f", {n['untested']} untested" if n["untested"] else ""))
+
+    def to_markdown(self) -> str:
+        lines = [f"# `{self.after}` against `{self.before}`", "", self.headline() + ".", "",
+                 "Each cell of both tables, tested on the validation videos it was scored on (the videos only one of "
+                 "the two versions gets right; `harness.significance`).", "",
+                 "| cell | before | after | Δ | videos only after / only before | p | verdict |",
+                 "|---|---|---|---|---|---|---|"]
+        order = {"worse": 0, "better": 1, "noise": 2, "untested": 3}
+        for c in sorted(self.changes, key=lambda c: (order[c.verdict], c.key)):
+            if c.test is None:
+                videos, p = "–", "–"
+            else:
+                videos = f"{c.test.higher_only} / {c.test.lower_only}"
+                p = "< 0.001" if c.test.p_value < 0.001 else f"{c.test.p_value:.3f}"
+            verdict = c.verdict if c.reason is None else f"untested: {c.reason}"
+            lines.append(f"| {c.key} | {c.before:.2f} | {c.after:.2f} | {c.after - c.before:+.2f} | {videos} | {p} | {verdict} |")
+        for label, keys in (("Only in the first table", self.only_before), ("Only in the second table", self.only_after)):
+            if keys:
+                lines += ["", f"{label} ({len(keys)}): " + ", ".join(keys) + "."]
+        return "\n".join(lines) + "\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"before": self.before, "after": self.after, "counts": self.counts(),
+                "cells": [{"key": c.key, "before": c.before, "after": c.after, "verdict": c.verdict, "reason": c.reason,
+                           "test": None if c.test is None else c.test.to_dict()} for c in self.changes],
+                "only_before": self.only_before, "only_after": self.only_after}
+
+
+def _results_dir(source: str | Path) -> Path:
+    return Path(source) if Path(source).is_dir() else Path(source).parent
+
+
+def compare_tables(before: str | Path, after: str | Path) -> TableComparison:
+    """The cells of two results (directories written by ``bikebench table6`` / ``table`` / ``paper``, or their
+    results files) of one world, each tested on the videos both versions scored.
+
+    Refuses (:class:`harness.cells.CheckError`) results of two different worlds: their cells differ for
+    reasons that are not the change. A cache that contradicts its cell raises :class:`SignificanceError`.
+    """
+    from harness.cells import CheckError
+    from harness.check import load_results, results_world, world_mismatch
+
+    for source in (before, after):
+        if not Path(source).exists():
+            raise CheckError(f"{source}: no such results directory or file; expected one written by `bikebench table6`, "
+                             "`bikebench table` or `bikebench paper`")
+    mismatch = world_mismatch(results_world(after), results_world(before))
+    if mismatch is not None:
+        raise CheckError(f"not comparing {after} with {before}: {mismatch.replace('baseline', 'first table')}")
+    cells_before = {c.key: c for c in load_results(before) if not c.derived}
+    cells_after = {c.key: c for c in load_results(after) if not c.derived}
+    readers = (_HitReader(_results_dir(before)), _HitReader(_results_dir(after)))
+    changes: list[CellChange] = []
+    for key in [k for k in cells_after if k in cells_before]:
+        a, b = cells_before[key].model_dump(), cells_after[key].model_dump()
+        try:
+            hits_before, hits_after = readers[0].hits(a), readers[1].hits(b)
+            test: Optional[PairedTest] = paired_test(hits_after, hits_before)
+            reason = None
+        except SignificanceError:
+            raise
+        except (LookupError, OSError, ValueError) as exc:
+            test, reason = None, str(exc)
+        changes.append(CellChange(key, float(a["value"]), float(b["value"]), test, reason))
+    return TableComparison(str(before), str(after), changes,
+                           [k for k in cells_before if k not in cells_after], [k for k in cells_after if k not in cells_before])

@@ -71,9 +71,9 @@ def _write_run(results: Path, run_id: str, video_ids: list[str], labels: np.ndar
     return {vid: {m: bool(h[i]) for m, h in hits.items()} for i, vid in enumerate(video_ids)}
 
 
-def _table6e(tmp_path: Path, shuffle_trained: bool = False) -> tuple[Path, list[dict], dict]:
+def _table6e(tmp_path: Path, shuffle_trained: bool = False, seed: int = 0) -> tuple[Path, list[dict], dict]:
     """Two cached runs filling Table 6e (untrained and trained rows, columns A / V / V+A)."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     n = 90
     ids = [f"v{i:03d}" for i in range(n)]
     labels = np.arange(n) % len(CLASSES)
@@ -191,3 +191,62 @@ def test_check_tests_the_directions_of_a_results_directory(tmp_path):
     run_check(path, baseline_path=tmp_path / "b.json", out=out, err=err)
     assert "McNemar" not in out.getvalue() and "Ablation directions:" in out.getvalue()
     assert "Not tested on the validation videos: " in out.getvalue() and "recomputes to" in out.getvalue()
+
+
+# ------------------------------------------------------------------ bikebench compare: two tables of one world
+def _write_table(results: Path, cells: list[dict], seed: int = 0) -> Path:
+    path = results / "table6_results.json"
+    path.write_text(json.dumps({"scale": "smoke", "world": {"seed": seed, "config_hash": "4cc4a16e76"}, "cells": cells}))
+    return path
+
+
+def test_compare_tests_each_shared_cell_on_the_videos_both_versions_scored(tmp_path, capsys):
+    from harness.cli import main
+    from harness.significance import compare_tables
+
+    before, cells_b, ref_b = _table6e(tmp_path / "a", seed=0)
+    after, cells_a, ref_a = _table6e(tmp_path / "b", seed=1, shuffle_trained=True)
+    _write_table(before, cells_b)
+    _write_table(after, cells_a[:-1])  # the second table lacks one cell
+    comparison = compare_tables(before, after)
+    assert len(comparison.changes) == 5 and comparison.only_before == ["6e/trained/V+A"] and not comparison.only_after
+    metric = {"A": "attr_top1", "V": "video_top1", "V+A": "fused_top1"}
+    for change in comparison.changes:
+        _, row, column = change.key.split("/")
+        now = [ref_a["hits"][row][v][metric[column]] for v in ref_a["ids"]]
+        then = [ref_b["hits"][row][v][metric[column]] for v in ref_b["ids"]]
+        b = sum(x and not y for x, y in zip(now, then))
+        c = sum(y and not x for x, y in zip(now, then))
+        assert (change.test.higher_only, change.test.lower_only) == (b, c), change.key
+        assert change.after - change.before == pytest.approx(100.0 * (b - c) / 90)
+        p = 1.0 if b + c == 0 else binomtest(b, b + c, 0.5).pvalue
+        assert change.verdict == ("noise" if p >= ALPHA or b == c else "better" if b > c else "worse")
+    assert sum(comparison.counts().values()) == 5
+    out = tmp_path / "cmp.md"
+    assert main(["compare", str(before), str(after), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed == out.read_text() and printed.startswith(f"# `{after}` against `{before}`")
+    assert "Only in the first table (1): 6e/trained/V+A." in printed
+    assert json.loads(out.with_suffix(".json").read_text())["counts"] == comparison.counts()
+
+
+def test_compare_refuses_two_worlds_and_says_why_a_cell_is_untested(tmp_path, capsys):
+    import shutil
+
+    from harness.cli import main
+    from harness.significance import compare_tables
+
+    before, cells_b, _ = _table6e(tmp_path / "a", seed=0)
+    after, cells_a, _ = _table6e(tmp_path / "b", seed=1)
+    _write_table(before, cells_b)
+    _write_table(after, cells_a, seed=2)
+    assert main(["compare", str(before), str(after)]) == 2
+    assert "world differs from the first table's: seed 2 (first table: 0)" in capsys.readouterr().err
+    _write_table(after, cells_a)
+    shutil.rmtree(after / "runs" / "run00000000t")
+    comparison = compare_tables(before, after)
+    untested = [c for c in comparison.changes if c.verdict == "untested"]
+    assert len(untested) == 3 and all("run00000000t/config.yaml: no such run configuration" in c.reason for c in untested)
+    assert "| untested: " in comparison.to_markdown()
+    assert main(["compare", str(before), str(tmp_path / "nowhere")]) == 2
+    assert "no such results directory or file" in capsys.readouterr().err

@@ -11,8 +11,8 @@ Under "no difference" ``b ~ Binomial(b + c, 1/2)``; the two-sided p-value is
 - ``noise``: p ≥ α, ties included (the validation videos cannot tell the two cells apart).
 
 The per-video hits come from the runs' cached scores (``<results>/runs/<run_id>/cache/<eval.split>/``,
-:func:`harness.tuning.load_score_cache`): ``video_top1`` from the video scores, ``attr_top1`` from the
-attribute scores, ``fused_top1`` from the two fused at the run's own λ and transform
+:func:`harness.tuning.load_score_cache`): ``video_top1``/``_top5`` from the video scores, ``attr_top1``/``_top5``
+from the attribute scores, ``fused_top1``/``_top5`` from the two fused at the run's own λ and transform
 (:class:`harness.tuning.FusionProblem`, evaluation's fusion). Each recomputed cell must equal the
 table's value; a cache that does not is an error naming it, never a silent test of other numbers.
 
@@ -35,8 +35,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: Significance level of :attr:`PairedTest.verdict`.
 ALPHA = 0.05
-#: The cell metrics a per-video hit can be recomputed for, and the scores each is the top-1 of.
-HIT_METRICS = {"video_top1": "video", "attr_top1": "attr", "fused_top1": "fused"}
+#: The cell metrics a per-video hit can be recomputed for: (the scores, k of the top-k hit).
+HIT_METRICS = {f"{kind}_top{k}": (kind, k) for kind in ("video", "attr", "fused") for k in (1, 5)}
 VERDICTS = ("paper", "against", "noise")
 
 
@@ -85,7 +85,7 @@ class PairedTest:
 
 @dataclass(frozen=True)
 class CellHits:
-    """Per-video top-1 hits of one cell: ``hits[i]`` for ``video_ids[i]``."""
+    """Per-video top-k hits of one cell: ``hits[i]`` for ``video_ids[i]``."""
 
     video_ids: tuple[str, ...]
     hits: np.ndarray  # [N] bool
@@ -131,14 +131,14 @@ class _HitReader:
         from harness.tuning import FusionProblem
 
         where = f"cell {cell['table']}/{cell['row']}/{cell['column']}"
-        kind = HIT_METRICS.get(str(cell.get("metric")))
+        kind, k = HIT_METRICS.get(str(cell.get("metric")), (None, 1))
         if kind is None or not cell.get("run_id"):
             raise LookupError(f"{where}: metric {cell.get('metric')!r} of run {cell.get('run_id')!r} has no per-video "
                               f"hits (expected one of {sorted(HIT_METRICS)} and a run id)")
         cache = self._cache(str(cell["run_id"]))
         labels = np.asarray(cache.labels)
         if labels.ndim != 1:
-            raise LookupError(f"{cache.directory}: multi-label targets; a top-1 hit needs one class per video")
+            raise LookupError(f"{cache.directory}: multi-label targets; a top-k hit needs one class per video")
         keep = np.flatnonzero(labels >= 0)
         if kind == "fused":
             config = cache.config
@@ -148,7 +148,7 @@ class _HitReader:
             if array is None:
                 raise LookupError(f"{cache.directory}: no {kind} scores cached")
             scores = np.asarray(array, dtype=np.float64)[keep]
-        hits = topk_accuracy_rows(np.asarray(scores, dtype=np.float64), labels[keep].astype(np.int64), 1)
+        hits = topk_accuracy_rows(np.asarray(scores, dtype=np.float64), labels[keep].astype(np.int64), k)
         value = 100.0 * float(hits.mean()) if hits.size else float("nan")
         if not math.isclose(value, float(cell["value"]), rel_tol=0.0, abs_tol=1e-6):
             raise SignificanceError(

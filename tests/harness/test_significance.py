@@ -250,3 +250,32 @@ def test_compare_refuses_two_worlds_and_says_why_a_cell_is_untested(tmp_path, ca
     assert "| untested: " in comparison.to_markdown()
     assert main(["compare", str(before), str(tmp_path / "nowhere")]) == 2
     assert "no such results directory or file" in capsys.readouterr().err
+
+
+def test_top5_cells_are_tested_on_their_top5_hits(tmp_path):
+    from bike.engine.caches import split_cache_dir, write_cache
+    from harness.significance import compare_tables
+
+    classes = [f"c{i}" for i in range(12)]
+    rng = np.random.default_rng(3)
+    n = 80
+    labels = rng.integers(0, 12, n)
+    config = RunConfig(stage="eval", model={"backbone": "bike-micro", "pretrained": None, "frames": 2, "resolution": 32},
+                       eval={"split": "val"})
+    hits = {}
+    for name in ("a", "b"):
+        results = tmp_path / name
+        run_dir = results / "runs" / f"run0000000{name}"
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.yaml").write_text(config.to_yaml())
+        s_v = rng.normal(size=(n, 12)).astype(np.float32)
+        write_cache(split_cache_dir(run_dir, "val"), video_ids=[f"v{i}" for i in range(n)], labels=labels,
+                    video_scores=s_v, classes=classes, split="val", config_hash=config.content_hash())
+        # reference: the label is among the five highest scores
+        hits[name] = np.array([labels[i] in np.argsort(-s_v[i])[:5] for i in range(n)])
+        cell = {"table": "x", "row": "r", "column": "top5", "value": 100.0 * hits[name].mean(), "run_id": run_dir.name,
+                "metric": "video_top5"}
+        (results / "table6_results.json").write_text(json.dumps({"scale": "smoke", "cells": [cell]}))
+    (change,) = compare_tables(tmp_path / "a", tmp_path / "b").changes
+    assert (change.test.higher_only, change.test.lower_only) == (int((hits["b"] & ~hits["a"]).sum()),
+                                                                int((hits["a"] & ~hits["b"]).sum()))

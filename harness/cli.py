@@ -637,15 +637,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     return run_from_args(args)
 
 
-def cmd_directions(args: argparse.Namespace) -> int:
+def _report(args: argparse.Namespace, build: Any) -> int:
+    """Print a report (``build()``: an object with ``to_markdown`` and ``to_dict``) as markdown, or JSON with
+    ``--json``; ``--out FILE`` also writes FILE and FILE.json. Unreadable or contradictory results exit 2."""
     import json
 
     from harness.cells import CheckError
-    from harness.directions import directions_across
     from harness.significance import SignificanceError
 
     try:
-        report = directions_across(args.sources)
+        report = build()
     except (CheckError, SignificanceError) as exc:
         raise ConfigError(str(exc)) from None
     markdown, data = report.to_markdown(), json.dumps(report.to_dict(), indent=2) + "\n"
@@ -658,24 +659,16 @@ def cmd_directions(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_directions(args: argparse.Namespace) -> int:
+    from harness.directions import directions_across
+
+    return _report(args, lambda: directions_across(args.sources))
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
-    import json
+    from harness.significance import compare_tables
 
-    from harness.cells import CheckError
-    from harness.significance import SignificanceError, compare_tables
-
-    try:
-        comparison = compare_tables(args.before, args.after)
-    except (CheckError, SignificanceError) as exc:
-        raise ConfigError(str(exc)) from None
-    markdown, data = comparison.to_markdown(), json.dumps(comparison.to_dict(), indent=2) + "\n"
-    print(data if args.json else markdown, end="")
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(markdown)
-        out.with_suffix(".json").write_text(data)
-    return 0
+    return _report(args, lambda: compare_tables(args.before, args.after))
 
 
 def cmd_tune(args: argparse.Namespace) -> int:

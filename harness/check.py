@@ -607,7 +607,7 @@ def _directions_text(results: Sequence[ResultCell], registry: Optional[Registry]
     validation videos of its runs' caches (:mod:`harness.significance`); a cache that contradicts its cell
     leaves them untested, with the reason."""
     from harness.directions import ablation_directions, table6_cells
-    from harness.significance import SignificanceError, resolve_directions
+    from harness.significance import resolve_directions
 
     cells = table6_cells(results)
     if not cells:
@@ -616,11 +616,7 @@ def _directions_text(results: Sequence[ResultCell], registry: Optional[Registry]
     if not report.total:
         return ""
     if isinstance(source, (str, Path)):
-        try:
-            resolve_directions(report, cells, Path(source) if Path(source).is_dir() else Path(source).parent)
-        except SignificanceError as exc:
-            report.tests.clear()
-            report.untested = str(exc)
+        resolve_directions(report, cells, source, strict=False)
     return report.to_markdown()
 
 

@@ -158,17 +158,38 @@ class _HitReader:
         return CellHits(ids, hits, str(cache.directory))
 
 
-def resolve_directions(report: "DirectionReport", cells: Sequence[Mapping[str, Any]], results: str | Path) -> "DirectionReport":
+def results_dir_of(source: str | Path) -> Path:
+    """The results directory of a results source: the directory itself, or the one holding the file."""
+    return Path(source) if Path(source).is_dir() else Path(source).parent
+
+
+def resolve_directions(report: "DirectionReport", cells: Sequence[Mapping[str, Any]], results: str | Path,
+                       strict: bool = True) -> "DirectionReport":
     """Attach a :class:`PairedTest` to every measurable direction of ``report`` whose two cells' runs are
-    cached under ``results`` (``report.tests``, keyed by :attr:`harness.directions.Direction.key`).
+    cached under ``results`` (a results directory, or a results file in one; ``report.tests``, keyed by
+    :attr:`harness.directions.Direction.key`).
 
     A direction whose cells cannot be recomputed (no run id, no cache, a multi-label run) is left
-    untested, the first reason in ``report.untested``; a cache that contradicts its cell raises
-    :class:`SignificanceError`. Returns ``report``.
+    untested, the first reason in ``report.untested``. A cache that contradicts its cell raises
+    :class:`SignificanceError`; with ``strict=False`` it leaves every direction untested instead, the
+    contradiction as the reason (a table is still written). Returns ``report``.
     """
+    if not strict:
+        try:
+            return resolve_directions(report, cells, results)
+        except SignificanceError as exc:
+            report.tests.clear()
+            report.untested = str(exc)
+            return report
+    from harness.rundir import runs_root
+
+    results = results_dir_of(results)
+    if not runs_root(results).is_dir():
+        report.untested = f"{runs_root(results)}: no run directories (their cached scores give the tests)"
+        return report
     by_key = {(str(c["table"]), str(c["row"]), str(c["column"])): c
               for c in cells if c.get("value") is not None and not c.get("variant")}
-    reader = _HitReader(Path(results))
+    reader = _HitReader(results)
     hits: dict[tuple[str, str, str], Optional[CellHits]] = {}
 
     def cell_hits(table: str, name: str) -> Optional[CellHits]:
@@ -264,10 +285,6 @@ class TableComparison:
                 "only_before": self.only_before, "only_after": self.only_after}
 
 
-def _results_dir(source: str | Path) -> Path:
-    return Path(source) if Path(source).is_dir() else Path(source).parent
-
-
 def compare_tables(before: str | Path, after: str | Path) -> TableComparison:
     """The cells of two results (directories written by ``bikebench table6`` / ``table`` / ``paper``, or their
     results files) of one world, each tested on the videos both versions scored.
@@ -287,7 +304,7 @@ def compare_tables(before: str | Path, after: str | Path) -> TableComparison:
         raise CheckError(f"not comparing {after} with {before}: {mismatch.replace('baseline', 'first table')}")
     cells_before = {c.key: c for c in load_results(before) if not c.derived}
     cells_after = {c.key: c for c in load_results(after) if not c.derived}
-    readers = (_HitReader(_results_dir(before)), _HitReader(_results_dir(after)))
+    readers = (_HitReader(results_dir_of(before)), _HitReader(results_dir_of(after)))
     changes: list[CellChange] = []
     for key in [k for k in cells_after if k in cells_before]:
         a, b = cells_before[key].model_dump(), cells_after[key].model_dump()

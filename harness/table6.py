@@ -222,18 +222,12 @@ def table6_directions(cells: Sequence[Mapping[str, Any]], results: "str | Path |
     (:func:`harness.significance.resolve_directions`); a cache that contradicts its cell leaves the
     directions untested, the reason in ``untested`` (the table is still written)."""
     from harness.directions import ablation_directions
-    from harness.significance import SignificanceError, resolve_directions
+    from harness.significance import resolve_directions
 
     report = ablation_directions(cells)
     if not report.total:
         return None
-    if results is not None:
-        try:
-            resolve_directions(report, cells, results)
-        except SignificanceError as exc:
-            report.tests.clear()
-            report.untested = str(exc)
-    return report
+    return report if results is None else resolve_directions(report, cells, results, strict=False)
 
 
 def run_table6(

@@ -147,6 +147,9 @@ def test_cells_without_run_caches_are_left_untested_with_the_reason(tmp_path):
     assert "run00000000t/config.yaml: no such run configuration" in report.untested
     assert report.resolution()["untested"] == 5
     assert "5 untested (" in report.resolution_line()
+    bare = resolve_directions(ablation_directions(cells), cells, tmp_path / "elsewhere" / "table6_results.json")
+    assert not bare.tests and bare.untested.endswith("elsewhere/runs: no run directories (their cached scores give the tests)")
+    assert "Not tested on the validation videos: " in bare.to_markdown()
 
 
 def test_directions_across_worlds_reports_the_tests(tmp_path, capsys):

@@ -168,11 +168,13 @@ def test_directions_across_worlds_reports_the_tests(tmp_path, capsys):
     data = report.to_dict()
     assert all(o[0]["test"]["higher_only"] == _reference(ref, d["higher"], d["lower"])[0]
                for d in data["directions"] for o in [d["ours"]])
-    # a contradicting cache: exit 2 and the cache named, no traceback
+    # a contradicting cache: the directions are still counted, the world's tests are not, the cache is named
     cells[1] = {**cells[1], "value": 1.0}
     (results / "table6_results.json").write_text(json.dumps({"scale": "smoke", "world": {"seed": 0}, "cells": cells}))
-    assert main(["directions", str(results)]) == 2
-    assert "recomputes to" in capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["directions", str(results)]) == 0
+    row = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("| seed 0 |"))
+    assert "| untested (" in row and "run00000000u/cache/val" in row and "recomputes to" in row
 
 
 def test_check_tests_the_directions_of_a_results_directory(tmp_path):
@@ -251,6 +253,11 @@ def test_compare_refuses_two_worlds_and_says_why_a_cell_is_untested(tmp_path, ca
     untested = [c for c in comparison.changes if c.verdict == "untested"]
     assert len(untested) == 3 and all("run00000000t/config.yaml: no such run configuration" in c.reason for c in untested)
     assert "| untested: " in comparison.to_markdown()
+    # a cell whose cache contradicts it: that cell alone is untested, the cache named
+    _write_table(after, [{**c, "value": c["value"] + 1.0} if c["row"] == "untrained" and c["column"] == "A" else c
+                         for c in cells_a])
+    changes = {c.key: c for c in compare_tables(before, after).changes}
+    assert "recomputes to" in changes["6e/untrained/A"].reason and changes["6e/untrained/V"].test is not None
     assert main(["compare", str(before), str(tmp_path / "nowhere")]) == 2
     assert "no such results directory or file" in capsys.readouterr().err
 

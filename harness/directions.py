@@ -152,7 +152,8 @@ class DirectionReport:
 
         r = self.resolution()
         videos = sorted({t.n_videos for t in self.tests.values()})
-        on = f"the {videos[0]} validation videos" if len(videos) == 1 else "the validation videos"
+        on = (f"the {videos[0]} validation video{'' if videos[0] == 1 else 's'}" if len(videos) == 1
+              else "the validation videos")
         line = (f"On {on} (McNemar's exact test, α = {ALPHA:g}): {r['paper']} direction(s) resolved the paper's way, "
                 f"{r['against']} against it, {r['noise']} within the noise")
         if r["untested"]:

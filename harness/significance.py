@@ -199,13 +199,9 @@ def resolve_directions(report: "DirectionReport", cells: Sequence[Mapping[str, A
         if key not in hits:
             try:
                 hits[key] = reader.hits(by_key[key])
-            except (LookupError, FileNotFoundError, OSError) as exc:
-                hits[key] = None
-                if report.untested is None:
-                    report.untested = str(exc)
-            except ValueError as exc:  # an unreadable cache (CacheError), not a contradiction
-                if isinstance(exc, SignificanceError):
-                    raise
+            except SignificanceError:
+                raise
+            except (LookupError, OSError, ValueError) as exc:  # no run, no cache, an unreadable cache (CacheError)
                 hits[key] = None
                 if report.untested is None:
                     report.untested = str(exc)

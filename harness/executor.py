@@ -4,7 +4,8 @@
 * Runs already done (``result.json``) are skipped; unfinished ones are resubmitted and resume from
   their checkpoint; runs whose recorded job is still alive are waited for, never duplicated.
 * Local: ``parallelism`` slots (2 CPU cores do not run 8 trainings well); a run starts as soon as a
-  slot is free and its dependencies are done, the runs others depend on first, and the runs started
+  slot is free and its dependencies are done, the runs others depend on first (then the runs with
+  more test views, the longest evaluations, so that none is left running alone at the end), and the runs started
   together go out as one job array (``executor.batch()``). Debug (in this process): waves in
   dependency order.
 * SLURM: every wave is submitted at once as job arrays; a wave's array waits for its dependencies
@@ -378,11 +379,13 @@ class Runner:
     ) -> None:
         """Keep ``parallelism`` local jobs busy: start a run as soon as a slot is free and its
         dependencies are done (waiting for a whole wave left a core idle behind the slower job of each
-        pair); among the ready runs, those that more runs depend on (transitively) go first."""
+        pair); among the ready runs, those that more runs depend on (transitively) go first, then those with
+        more test views (clips x crops: a 4 x 3 evaluation scores every video 12 times, and started last it
+        would run alone while the other slots idle)."""
         wave_of = {r.run_id: k for k, wave in enumerate(plan.waves()) for r in wave}
         weight = _dependent_counts(plan)
         position = {r.run_id: i for i, r in enumerate(plan.runs)}
-        todo = sorted(pending, key=lambda r: (-weight[r.run_id], position[r.run_id]))
+        todo = sorted(pending, key=lambda r: (-weight[r.run_id], -views_per_video(r), position[r.run_id]))
         running: dict[str, tuple[PlannedRun, submitit.Job]] = {}
         elsewhere = dict(foreign)
         poll_s = min(self.poll_s, LOCAL_POLL_S)
@@ -580,6 +583,11 @@ def finished_line(run: PlannedRun, state: str, reason: str, k: int, n: int, resu
     elif reason:
         text += f": {reason.splitlines()[0][:200]}"
     return text + f" (run {run.run_id})"
+
+
+def views_per_video(run: PlannedRun) -> int:
+    """How many views of each video the run's evaluation scores (``eval.clips`` x ``eval.crops``)."""
+    return run.config.eval.clips * run.config.eval.crops
 
 
 def _dependent_counts(plan: Plan) -> dict[str, int]:

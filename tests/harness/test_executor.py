@@ -28,6 +28,7 @@ from harness.executor import (
     run_status,
     signal_delay,
     slurm_parameters,
+    views_per_video,
 )
 from harness.expand import expand
 from harness.jobs import RunJob, import_target, job_target, register_job_kind, reset_job_kinds
@@ -157,6 +158,25 @@ def test_local_runs_start_as_soon_as_a_slot_and_their_dependencies_are_free(tmp_
     running = [sum(d for _, d in events[: i + 1]) for i in range(len(events))]
     assert max(running) <= 2
     assert {s.wave for s in runner.submissions} == {0, 1, 2}
+
+
+def test_among_equally_needed_runs_the_longest_evaluation_starts_first(tmp_path):
+    """No run depends on any of these: the 4 x 3-view evaluation goes out before the single-view ones
+    (plan order), so that it does not run alone at the end while the other slot idles."""
+    variants = {
+        "one_view": {"set": {"model.frames": 2}},
+        "crops": {"set": {"model.frames": 2, "eval.crops": 3}},
+        "other_view": {"set": {"model.frames": 3}},
+        "multi_view": {"set": {"model.frames": 2, "eval.clips": 4, "eval.crops": 3}},
+    }
+    plan = expand(load_spec(write_spec(tmp_path / "s.yaml", variants, FAST)), "full", tmp_path / "r")
+    by = runs_by_variant(plan)
+    assert [views_per_video(by[v]) for v in variants] == [1, 3, 1, 12]
+    runner = Runner(tmp_path / "r", "local", job_targets={"train": timed_engine}, parallelism=1, poll_s=0.1,
+                    log=lambda m: None)
+    assert {o.state for o in runner.execute(plan).values()} == {"done"}
+    started = [rid for s in runner.submissions for rid in s.run_ids]
+    assert started == [by[v].run_id for v in ("multi_view", "crops", "one_view", "other_view")]
 
 
 def test_a_run_waits_for_its_dependency_running_in_another_invocation(tmp_path):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
@@ -40,6 +41,11 @@ class DriveResult:
     tracking_error: Optional[str] = None
     #: The embedded world's identity at smoke scale (``bike.world.WorldInfo.identity``), else None.
     world: Optional[dict[str, Any]] = None
+    #: Wall seconds of this invocation's phases (:func:`run_specs`): ``world_s`` (building the
+    #: embedded world, or reading its manifest when it is built), ``plan_s`` (expanding the specs,
+    #: the world excepted), ``runs_s`` (submitting and waiting for the runs), ``collect_s`` (MLflow and
+    #: the cells); the caller may add its own (``tables_s``: ``bikebench table6``'s tables and pictures).
+    timings: dict[str, float] = field(default_factory=dict)
 
     def results_document(self, scale: str) -> dict[str, Any]:
         """What ``table6_results.json`` holds: the scale, the world the cells come from, the cells."""
@@ -144,6 +150,24 @@ def next_steps(results: Path, tracking_uri: Optional[str] = None, html: Optional
               "  tune λ and the number of attributes on the cached scores:  make tune   (bikebench tune sweeps/lambda_k.yaml)",
               f"  state of every run:  bikebench status --results {results}"]
     return "\n".join(lines)
+
+
+def format_timings(timings: Mapping[str, float], outcomes: Mapping[str, RunOutcome], parallelism: int,
+                   cluster: str = "local") -> str:
+    """One line: where an invocation's time went (``DriveResult.timings``), e.g.
+    ``Time: 6m45s in all: world 4m35s, planning 1s, runs 2m01s (15 run here, 2 at a time; 0 done before), ...``."""
+    from harness.executor import format_duration
+
+    ran = sum(1 for o in outcomes.values() if o.action in ("submitted", "waited"))
+    done = sum(1 for o in outcomes.values() if o.action == "skipped-done")
+    how = f"{parallelism} at a time" if cluster != "slurm" else "on SLURM"
+    parts = [f"world {format_duration(timings.get('world_s', 0.0))}",
+             f"planning {format_duration(timings.get('plan_s', 0.0))}",
+             f"runs {format_duration(timings.get('runs_s', 0.0))} ({ran} run here, {how}; {done} done before)",
+             f"MLflow and cells {format_duration(timings.get('collect_s', 0.0))}"]
+    if "tables_s" in timings:
+        parts.append(f"tables, pictures and the MLflow parent {format_duration(timings['tables_s'])}")
+    return f"Time: {format_duration(sum(timings.values()))} in all: " + ", ".join(parts)
 
 
 #: Seconds between two passes of :func:`stream_to_mlflow` at the least (it follows the runner's poll).
@@ -278,6 +302,10 @@ def run_specs(
     needs_world = scale == "smoke"
     if world is None and needs_world:
         world = bike_world(default_world_root(results), size=world_size)
+    timings: dict[str, float] = {"world_s": 0.0}
+    if world is not None:
+        world = _timed_world(world, timings)
+    t0 = time.perf_counter()
     plan = expand(list(specs), scale, results, world=world, only=only, absent_checkpoints=absent_checkpoints)
     if rewrite is not None:
         plan = rewrite(plan)
@@ -285,10 +313,14 @@ def run_specs(
                     poll_s=poll_s, log=log)
     runner.preflight(plan, dry_run=dry_run)  # bad inputs refused before any run directory is locked or made
     streaming = track and not dry_run
+    timings["plan_s"] = time.perf_counter() - t0 - timings["world_s"]
+    t0 = time.perf_counter()
     with contextlib.nullcontext() if dry_run else locked_runs(plan, log), \
             stream_to_mlflow(plan, results, tracking_uri, log, every_s=max(poll_s, STREAM_MIN_S)) if streaming \
             else contextlib.nullcontext():
         outcomes = runner.execute(plan, dry_run=dry_run)
+    timings["runs_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     if dry_run and show in ("json", "yaml"):
         import json
         import sys
@@ -320,4 +352,18 @@ def run_specs(
     tracking_error = log_to_mlflow(plan, results, tracking_uri, log) if track else None
     cells, missing = collect_cells(plan)
     identity = world("general").values.get("identity") if world is not None else None
-    return DriveResult(plan, outcomes, cells, missing, tracking_error, identity)
+    timings["collect_s"] = time.perf_counter() - t0
+    return DriveResult(plan, outcomes, cells, missing, tracking_error, identity, timings)
+
+
+def _timed_world(world: WorldProvider, timings: dict[str, float]) -> WorldProvider:
+    """``world``, adding the seconds each call takes to ``timings["world_s"]`` (the first call builds
+    the world or reads its manifest; later ones are cached)."""
+    def provider(split: str):
+        t0 = time.perf_counter()
+        try:
+            return world(split)
+        finally:
+            timings["world_s"] += time.perf_counter() - t0
+
+    return provider

@@ -27,6 +27,7 @@ study tuned on the reported split); the recomputed cells go to ``<results>/table
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
@@ -260,6 +261,7 @@ def run_table6(
                       dry_run=dry_run, log=lambda m: print(m, file=out), **kwargs)
     if dry_run:
         return drive
+    t_tables = time.perf_counter()
     results_path = results / TABLE6_RESULTS
     missing_path = results / TABLE6_MISSING
     document = drive.results_document(scale)
@@ -304,7 +306,9 @@ def run_table6(
                              figures if figures.is_dir() else None)
         except Exception as exc:  # noqa: BLE001
             print(f"MLflow: could not attach the table ({exc}); `bikebench sync` does not attach tables", file=out)
-    from harness.drive import next_steps
+    from harness.drive import format_timings, next_steps
 
+    drive.timings["tables_s"] = time.perf_counter() - t_tables
+    print("\n" + format_timings(drive.timings, drive.outcomes, kwargs.get("parallelism", 1), cluster), file=out)
     print(next_steps(results, tracking_uri, html_path, track=kwargs.get("track", True)), file=out)
     return drive

@@ -123,6 +123,46 @@ def test_table6_smoke_end_to_end(tmp_path):
     assert len(check.load_results(results / "table6_results.json")) == 36
 
 
+def test_table6_says_where_its_time_went(tmp_path):
+    """The report ends with one line splitting the invocation's time: the world (its first call builds it),
+    the runs, the rest; a rerun that finds every run done says so."""
+    import time
+
+    world_s, run_s = 0.3, 0.02
+    stub = fake_world(tmp_path)
+    built: list[str] = []
+
+    def slow_world(split):  # building the world: slow once, as the real provider is
+        if not built:
+            built.append(split)
+            time.sleep(world_s)
+        return stub(split)
+
+    def engine(config, run_dir):
+        time.sleep(run_s)
+        return stand_in_engine([])(config, run_dir)
+
+    kwargs = dict(scale="smoke", cluster="debug", results=tmp_path / "results", world=slow_world, track=False,
+                  job_targets={"train": engine, "evaluate": engine})
+    out = io.StringIO()
+    t0 = time.perf_counter()
+    drive = run_table6(**kwargs, out=out)
+    wall = time.perf_counter() - t0
+    n = len(drive.plan.runs)
+    timings = drive.timings
+    assert set(timings) == {"world_s", "plan_s", "runs_s", "collect_s", "tables_s"}
+    assert timings["world_s"] >= world_s and timings["runs_s"] >= n * run_s
+    assert min(timings.values()) >= 0 and sum(timings.values()) <= wall
+    lines = [line for line in out.getvalue().splitlines() if line.startswith("Time: ")]
+    assert len(lines) == 1 and f"({n} run here, 1 at a time; 0 done before)" in lines[0]
+    assert "world " in lines[0] and "tables, pictures and the MLflow parent " in lines[0]
+
+    out = io.StringIO()
+    drive = run_table6(**kwargs, out=out)
+    assert drive.timings["world_s"] < world_s  # the stand-in's "build" happened once
+    assert f"(0 run here, 1 at a time; {n} done before)" in out.getvalue()
+
+
 def test_failed_runs_leave_their_cells_missing_with_a_reason(tmp_path):
     results = tmp_path / "results"
 

@@ -158,12 +158,13 @@ def format_timings(timings: Mapping[str, float], outcomes: Mapping[str, RunOutco
     ``Time: 6m45s in all: world 4m35s, planning 1s, runs 2m01s (15 run here, 2 at a time; 0 done before), ...``."""
     from harness.executor import format_duration
 
-    ran = sum(1 for o in outcomes.values() if o.action in ("submitted", "waited"))
-    done = sum(1 for o in outcomes.values() if o.action == "skipped-done")
+    actions = [o.action for o in outcomes.values()]
+    ran, waited, done = actions.count("submitted"), actions.count("waited"), actions.count("skipped-done")
     how = f"{parallelism} at a time" if cluster != "slurm" else "on SLURM"
+    elsewhere = f", {waited} waited for (another invocation ran them)" if waited else ""
     parts = [f"world {format_duration(timings.get('world_s', 0.0))}",
              f"planning {format_duration(timings.get('plan_s', 0.0))}",
-             f"runs {format_duration(timings.get('runs_s', 0.0))} ({ran} run here, {how}; {done} done before)",
+             f"runs {format_duration(timings.get('runs_s', 0.0))} ({ran} run here, {how}{elsewhere}; {done} done before)",
              f"MLflow and cells {format_duration(timings.get('collect_s', 0.0))}"]
     if "tables_s" in timings:
         parts.append(f"tables, pictures and the MLflow parent {format_duration(timings['tables_s'])}")

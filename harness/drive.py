@@ -43,8 +43,9 @@ class DriveResult:
     world: Optional[dict[str, Any]] = None
     #: Wall seconds of this invocation's phases (:func:`run_specs`): ``world_s`` (building the
     #: embedded world, or reading its manifest when it is built), ``plan_s`` (expanding the specs,
-    #: the world excepted), ``runs_s`` (submitting and waiting for the runs), ``collect_s`` (MLflow and
-    #: the cells); the caller may add its own (``tables_s``: ``bikebench table6``'s tables and pictures).
+    #: the world excepted), ``runs_s`` (submitting and waiting for the runs), ``collect_s`` (the runs'
+    #: λ pictures, MLflow and the cells); the caller may add its own (``tables_s``: ``bikebench table6``'s
+    #: tables, pictures and MLflow parent run).
     timings: dict[str, float] = field(default_factory=dict)
 
     def results_document(self, scale: str) -> dict[str, Any]:

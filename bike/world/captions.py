@@ -99,15 +99,23 @@ def _spec(named: str, shape: int, colour: int, motion: int) -> CaptionSpec:
 
 
 def sample_captions(
-    pool: SnapshotPool, idx: np.ndarray, rng: np.random.Generator, list_p: float = 0.0, bare: bool = True
+    pool: SnapshotPool,
+    idx: np.ndarray,
+    rng: np.random.Generator,
+    list_p: float = 0.0,
+    bare: bool = True,
+    bare_full: bool = True,
 ) -> tuple[list[str], list[CaptionSpec]]:
     """One random caption (text and spec) for each frame ``idx`` of the pool.
 
     ``list_p``: the share of object captions that list 2-4 phrases about the object, comma-joined as in
     an attribute sentence (``a video of a red ball,ball rising,red ball rising``); the caption names the
     union of what its phrases name. ``bare``: the bare template ``{}`` is one of the templates.
+    ``bare_full=False``: a caption naming colour, shape and motion is never bare (one template draw all
+    the same, among the others).
     """
     object_templates, empty_templates = templates(bare)
+    sentence_templates = templates(False)[0]
     vocab = pool.vocab
     names = list(PATTERNS)
     probs = np.array(list(PATTERNS.values()))
@@ -128,7 +136,8 @@ def sample_captions(
         else:
             pattern = names[int(rng.choice(len(names), p=probs))]
             words = phrase(pattern, vocab.colours[c_i], vocab.shapes[s_i], vocab.motions[m_i], rng)
-        texts.append(object_templates[int(rng.integers(len(object_templates)))].format(words))
+        choices = sentence_templates if not bare_full and set(pattern) == set("csm") else object_templates
+        texts.append(choices[int(rng.integers(len(choices)))].format(words))
         specs.append(_spec(pattern, s_i, c_i, m_i))
     return texts, specs
 

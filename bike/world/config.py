@@ -111,6 +111,7 @@ HASHED_WHEN_ON: dict[str, tuple[str, object]] = {
     "width": ("width", 0),
     "pretrain_logit_scale": ("pretrain_logit_scale", 0.0),
     "pretrain_bare_captions": ("pretrain_bare_captions", True),
+    "pretrain_bare_full": ("pretrain_bare_full", True),
     "backbone_step": ("backbone_step", 0),
 }
 
@@ -189,6 +190,10 @@ class WorldConfig:
     #: the bare template ``{}`` (a caption that is the phrase alone) is one of the pretraining's templates;
     #: false: every caption is a sentence, as web captions mostly are, so a bare phrase is a stranger
     pretrain_bare_captions: bool = True
+    #: the bare template may caption a phrase that names colour, shape and motion (``red ball rising``);
+    #: false: a bare caption names one or two of them, as a tag does, and a whole action is always said
+    #: in a sentence, so the template tells the text tower what kind of phrase it wraps
+    pretrain_bare_full: bool = True
     #: the runs' backbone is the CLIP after this many of the pretraining's steps, and the final CLIP is the
     #: attribute generator: a generator stronger than the backbone, as the paper's ViT-L/14 generator is
     #: stronger than its ViT-B/32 backbone (0: one CLIP, backbone and generator alike)

@@ -269,7 +269,7 @@ def _train(
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg.pretrain_steps, cfg.pretrain_warmup, cfg.pretrain_lr)
         idx = rng.choice(len(pool), size=batch, replace=False)
-        texts, specs = sample_captions(pool, idx, rng, cfg.pretrain_list_p, bare=bare)
+        texts, specs = sample_captions(pool, idx, rng, cfg.pretrain_list_p, bare=bare, bare_full=cfg.pretrain_bare_full)
         first: dict[str, int] = {}
         for u, t in enumerate(texts):
             first.setdefault(t, u)

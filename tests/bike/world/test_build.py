@@ -208,7 +208,7 @@ def test_pretraining_options_switched_off_leave_the_world_identity_unchanged():
 
     later = {"pretrain_negative_captions", "pretrain_tail_every", "pretrain_tail_captions", "pretrain_list_p",
              "lexicon_facets", "trail_p", "pretrain_shift", "width", "pretrain_prefix_every", "pretrain_prefix_captions",
-             "pretrain_logit_scale", "pretrain_bare_captions", "backbone_step"}
+             "pretrain_logit_scale", "pretrain_bare_captions", "pretrain_bare_full", "backbone_step"}
     for size in ("default", "test"):
         first = dict(FIRST_DESIGN, pretrain_list_p=0.0, trail_p=1.0, pretrain_shift=0.03, width=0, pretrain_prefix_every=0)
         cfg = world_config(size, **first)
@@ -222,8 +222,9 @@ def test_pretraining_options_switched_off_leave_the_world_identity_unchanged():
                    {"pretrain_tail_every": 4, "pretrain_tail_captions": 4}, {"pretrain_list_p": 0.2},
                    {"lexicon_facets": True}, {"trail_p": 0.5}, {"pretrain_shift": 0.125}, {"width": 80},
                    {"pretrain_prefix_every": 2}, {"pretrain_prefix_every": 2, "pretrain_prefix_captions": 4},
-                   {"pretrain_logit_scale": 100.0}, {"pretrain_bare_captions": False}, {"backbone_step": 50})}
-        assert len(hashes) == 13 and cfg.content_hash(3) not in hashes
+                   {"pretrain_logit_scale": 100.0}, {"pretrain_bare_captions": False}, {"pretrain_bare_full": False},
+                   {"backbone_step": 50})}
+        assert len(hashes) == 14 and cfg.content_hash(3) not in hashes
     assert world_config("test") == world_config("test", **FIRST_DESIGN)  # the test world keeps the first design
     default = world_config("default")
     assert (default.window, default.pretrain_negative_captions, default.pretrain_tail_every,
@@ -232,7 +233,7 @@ def test_pretraining_options_switched_off_leave_the_world_identity_unchanged():
     hashed = {k: v for k, v in asdict(default).items()
               if k not in ("pretrain_list_p", "trail_p", "pretrain_shift", "width", "pretrain_prefix_every",
                            "pretrain_prefix_captions", "pretrain_logit_scale", "pretrain_bare_captions",
-                           "backbone_step")}
+                           "pretrain_bare_full", "backbone_step")}
     payload = json.dumps({"config": hashed, "seed": 3}, sort_keys=True, separators=(",", ":"))
     assert default.content_hash(3) == hashlib.sha256(payload.encode()).hexdigest()[:10]
     assert default.content_hash(3) != world_config("default", **FIRST_DESIGN).content_hash(3)

@@ -142,3 +142,27 @@ def test_without_bare_captions_every_caption_is_a_sentence_around_its_phrase():
     assert negatives and not any(is_bare(t) for t in negatives)
     prefixes = [t for _ in range(30) for t in prefix_captions(pool, idx, rng, 4, bare=False)[0]]
     assert prefixes and not any(is_bare(t) for t in prefixes)
+
+
+def test_without_bare_full_captions_a_whole_action_is_always_said_in_a_sentence():
+    """``WorldConfig.pretrain_bare_full=False``: a caption naming colour, shape and motion is never the
+    phrase alone, while captions naming fewer still are, and every caption stays true of its frame; with
+    the default, whole actions are captioned bare as well."""
+    pool, _ = _pool()
+    idx = np.tile(np.arange(3), 200)
+    stems = [t.split("{}")[0] for t in CAPTION_TEMPLATES + EMPTY_TEMPLATES if t != "{}"]
+
+    def is_bare(text: str) -> bool:
+        return not any(text.startswith(stem) for stem in stems)
+
+    def full(spec) -> bool:
+        return min(spec.shape, spec.colour, spec.motion) >= 0
+
+    for list_p in (0.0, 0.5):
+        texts, specs = sample_captions(pool, idx, np.random.default_rng(0), list_p, bare_full=False)
+        assert not any(is_bare(t) and full(sp) for t, sp in zip(texts, specs))
+        assert any(is_bare(t) and not full(sp) and not sp.empty for t, sp in zip(texts, specs))
+        assert any(full(sp) for sp in specs)
+        assert np.diag(truth_matrix(pool, idx, specs)).all()
+        texts, specs = sample_captions(pool, idx, np.random.default_rng(0), list_p)
+        assert any(is_bare(t) and full(sp) for t, sp in zip(texts, specs))

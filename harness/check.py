@@ -105,16 +105,29 @@ def load_results(source: ResultsLike = DEFAULT_RESULTS) -> list[ResultCell]:
     return coerce_results(data, source=str(path), scale=scale)
 
 
-def results_world(source: ResultsLike) -> Optional[dict[str, Any]]:
-    """The identity of the world the results come from (``table6_results.json``'s ``world``), if given."""
+def _results_field(source: ResultsLike, name: str) -> Any:
+    """Field ``name`` of a results document (a directory's ``table6_results.json``, or the file), if any."""
     if not isinstance(source, (str, Path)):
         return None
     path = Path(source)
     if path.is_dir():
         path = path / DEFAULT_RESULTS.name
     data = _read_structured(path)
-    world = data.get("world") if isinstance(data, Mapping) else None
+    return data.get(name) if isinstance(data, Mapping) else None
+
+
+def results_world(source: ResultsLike) -> Optional[dict[str, Any]]:
+    """The identity of the world the results come from (``table6_results.json``'s ``world``), if given."""
+    world = _results_field(source, "world")
     return dict(world) if isinstance(world, Mapping) else None
+
+
+def results_train_seeds(source: ResultsLike) -> Optional[list[int]]:
+    """The training seeds of the runs behind the results (``table6_results.json``'s ``train_seeds``), if given."""
+    seeds = _results_field(source, "train_seeds")
+    if isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        return list(seeds)
+    return None
 
 
 def baseline_world(source: Union[str, Path, Mapping[str, Any]]) -> Optional[dict[str, Any]]:

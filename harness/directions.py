@@ -407,10 +407,16 @@ def _test_dict(test: Optional["PairedTest"]) -> Optional[dict[str, Any]]:
     return None if test is None else test.to_dict()
 
 
-def _world_label(world: Optional[Mapping[str, Any]], source: str) -> str:
+def _world_label(world: Optional[Mapping[str, Any]], source: str, train_seeds: Optional[Sequence[int]] = None) -> str:
+    """``seed N`` (the world's), with ``, training seed S`` where the runs trained with another seed than 0
+    (``table6_results.json``'s ``train_seeds``): one world's tables of several training seeds side by side
+    show which directions the training seed alone flips."""
     if not world or world.get("seed") is None:
         return source
-    return f"seed {world['seed']}"
+    label = f"seed {world['seed']}"
+    if train_seeds and list(train_seeds) != [0]:
+        label += f", training seed{'' if len(train_seeds) == 1 else 's'} {', '.join(str(s) for s in train_seeds)}"
+    return label
 
 
 def directions_across(sources: Sequence[Any], registry: Optional[Registry] = None) -> WorldsReport:
@@ -421,7 +427,7 @@ def directions_across(sources: Sequence[Any], registry: Optional[Registry] = Non
     from pathlib import Path
 
     from harness.cells import CheckError
-    from harness.check import load_results, results_world
+    from harness.check import load_results, results_train_seeds, results_world
     from harness.significance import resolve_directions
 
     if not sources:
@@ -436,7 +442,7 @@ def directions_across(sources: Sequence[Any], registry: Optional[Registry] = Non
         world = results_world(source)
         report = ablation_directions(cells, registry)
         resolve_directions(report, cells, source, strict=False)
-        worlds.append(WorldTable(_world_label(world, str(source)), str(source), world, report))
+        worlds.append(WorldTable(_world_label(world, str(source), results_train_seeds(source)), str(source), world, report))
     labels = [w.label for w in worlds]
     for w in worlds:
         if labels.count(w.label) > 1 and w.world and w.world.get("config_hash"):

@@ -49,10 +49,14 @@ class DriveResult:
     timings: dict[str, float] = field(default_factory=dict)
 
     def results_document(self, scale: str) -> dict[str, Any]:
-        """What ``table6_results.json`` holds: the scale, the world the cells come from, the cells."""
+        """What ``table6_results.json`` holds: the scale, the world the cells come from, the training
+        seeds of the runs behind the cells (``train_seeds``: one, unless a spec sets its own), the cells."""
         doc: dict[str, Any] = {"scale": scale}
         if self.world is not None:
             doc["world"] = self.world
+        seeds = sorted({r.config.seed for r in self.plan.runs})
+        if seeds:
+            doc["train_seeds"] = seeds
         doc["cells"] = self.cells
         return doc
 

@@ -105,13 +105,15 @@ def test_gap_bands_split_the_directions_by_the_papers_margin():
     assert metrics["ablation_directions_reproduced"] == report.reproduced and metrics["ablation_directions_total"] == report.total
 
 
-def _write_results(path, cells, seed, config_hash="4cc4a16e76"):
+def _write_results(path, cells, seed, config_hash="4cc4a16e76", train_seeds=None):
     import json
 
     path.mkdir(parents=True)
     world = {"seed": seed, "config_hash": config_hash, "checkpoint_sha256": f"{seed:064d}", "size": "default"}
-    (path / "table6_results.json").write_text(json.dumps({"scale": "smoke", "world": world,
-                                                          "cells": [{**c, "scale": "smoke"} for c in cells]}))
+    document = {"scale": "smoke", "world": world, "cells": [{**c, "scale": "smoke"} for c in cells]}
+    if train_seeds is not None:
+        document["train_seeds"] = train_seeds
+    (path / "table6_results.json").write_text(json.dumps(document))
     return path
 
 
@@ -151,6 +153,22 @@ def test_directions_across_tells_worlds_of_one_seed_apart(tmp_path):
     c = _write_results(tmp_path / "c", _ours(reg), 1, config_hash="0123456789")
     labels = [w.label for w in directions_across([a, b, c], reg).worlds]
     assert labels[0] == "seed 1 (4cc4a16e76)" and labels[1] == f"seed 1 (0123456789) ({b})" and labels[2].endswith(f"({c})")
+
+
+def test_directions_across_labels_one_worlds_training_seeds(tmp_path):
+    """One world's tables of several training seeds (``seed=S``): each labelled by its seed, the default unlabelled,
+    so the side-by-side report shows which directions the training seed alone flips."""
+    from harness.directions import directions_across
+
+    reg = load_registry()
+    a = _write_results(tmp_path / "a", _ours(reg), 0, train_seeds=[0])
+    b = _write_results(tmp_path / "b", _ours(reg, {("6e", "trained", "A"): 50.0}), 0, train_seeds=[3])
+    c = _write_results(tmp_path / "c", _ours(reg), 0, train_seeds=[1, 2])
+    d = _write_results(tmp_path / "d", _ours(reg), 2, train_seeds=[True])  # not a seed list: ignored
+    report = directions_across([a, b, c, d], reg)
+    assert [w.label for w in report.worlds] == ["seed 0", "seed 0, training seed 3", "seed 0, training seeds 1, 2", "seed 2"]
+    assert report.steadiness()["some"] >= 1  # the reversed 6e of training seed 3
+    assert "| seed 0, training seed 3 |" in report.to_markdown()
 
 
 def test_cli_directions_prints_and_writes_the_report(tmp_path, capsys):

@@ -60,7 +60,8 @@ def test_table6_smoke_end_to_end(tmp_path):
 
     document = json.loads((results / "table6_results.json").read_text())
     assert document == json.loads((results / "table6_results_smoke.json").read_text())
-    assert document["scale"] == "smoke" and set(document) == {"scale", "world", "cells", "directions"}
+    assert document["scale"] == "smoke" and set(document) == {"scale", "world", "train_seeds", "cells", "directions"}
+    assert document["train_seeds"] == [0]  # the spec's runs all train with the default seed
     cells = document["cells"]
     assert {"table", "row", "column", "value", "scale", "run_id"} <= set(cells[0])
     by_key = {(c["table"], c["row"], c["column"]): c for c in cells}

@@ -21,6 +21,7 @@ scores, each direction also carries a paired test on the validation videos (``Di
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Sequence
@@ -291,7 +292,12 @@ class WorldsReport:
     def headline(self) -> str:
         pct = "" if self.share is None else f" ({100 * self.share:.0f} %)"
         n = len(self.worlds)
-        return f"Ablation directions on {n} world{'' if n == 1 else 's'}: {self.reproduced} of {self.total} reproduced{pct}"
+        # tables of one world (the same identity: seed, config, checkpoint) differ by their training seed
+        identities = {json.dumps(w.world, sort_keys=True, default=str) if w.world else w.source for w in self.worlds}
+        k = len(identities)
+        where = (f"{n} world{'' if n == 1 else 's'}" if k == n
+                 else f"{n} tables of {k} world{'' if k == 1 else 's'}")
+        return f"Ablation directions on {where}: {self.reproduced} of {self.total} reproduced{pct}"
 
     def rows(self) -> list[tuple[Direction, list[Optional[Direction]]]]:
         """Every direction measurable on some world, with each world's (None: not measurable there)."""

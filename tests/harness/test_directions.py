@@ -169,6 +169,7 @@ def test_directions_across_labels_one_worlds_training_seeds(tmp_path):
     assert [w.label for w in report.worlds] == ["seed 0", "seed 0, training seed 3", "seed 0, training seeds 1, 2", "seed 2"]
     assert report.steadiness()["some"] >= 1  # the reversed 6e of training seed 3
     assert "| seed 0, training seed 3 |" in report.to_markdown()
+    assert report.headline().startswith("Ablation directions on 4 tables of 2 worlds: ")
 
 
 def test_cli_directions_prints_and_writes_the_report(tmp_path, capsys):
